@@ -1,0 +1,61 @@
+"""Shared helpers for the benchmark scripts: a server in a child process, memory readings, timing."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.support.server import ServerProcess  # noqa: E402
+from tests.support.supervisor import kill_supervisor  # noqa: E402
+
+
+@contextlib.contextmanager
+def server(database_url: str | None = None, **settings: str) -> Iterator[ServerProcess]:
+    data = Path(tempfile.mkdtemp(prefix="tp-bench-"))
+    srv = ServerProcess(data, database_url, **settings)
+    try:
+        srv.start()
+        yield srv
+    finally:
+        srv.stop()
+        kill_supervisor(data / "supervisor")
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def supervisor_pid(srv: ServerProcess) -> int | None:
+    try:
+        return int((srv.data_dir / "supervisor" / "supervisor.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def memory_kib(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) of one process in KiB, from /proc/<pid>/smaps_rollup."""
+    rss = pss = 0
+    with open(f"/proc/{pid}/smaps_rollup") as fh:
+        for line in fh:
+            if line.startswith("Rss:"):
+                rss = int(line.split()[1])
+            elif line.startswith("Pss:"):
+                pss = int(line.split()[1])
+    return rss, pss
+
+
+def floor_seconds(n: int = 2000) -> float:
+    """The process-creation floor: ``seq N | xargs -P2 -n1 sh -c true``."""
+    started = time.perf_counter()
+    subprocess.run(f"seq {n} | xargs -P2 -n1 sh -c true", shell=True, check=True)
+    return time.perf_counter() - started
+
+
+def machine() -> str:
+    return f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, {os.uname().release}"

@@ -1,0 +1,120 @@
+"""The composition root: settings -> adapters -> services -> app. The ONLY place that picks adapters."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+
+from taskplane.config import Settings
+from taskplane.domain import quantities as q
+from taskplane.domain.resources import Resources
+from taskplane.services.clock import SystemClock
+from taskplane.services.engine import Engine, EngineConfig
+from taskplane.services.platform import Platform
+from taskplane.services.ports import Executor
+from taskplane.services.specs import SpecLimits
+from taskplane.services.tasks import TaskService, TaskServiceConfig
+
+log = logging.getLogger("taskplane")
+
+# Variables a task inherits from the server's environment; everything else comes from the task's own env.
+INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "HOME", "USER", "LOGNAME", "TMPDIR")
+
+
+def configure_logging(settings: Settings) -> None:
+    """Plain or JSON log lines on stderr."""
+    level = getattr(logging, settings.log_level.upper(), logging.INFO)
+    if settings.log_format == "json":
+        fmt = '{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","message":"%(message)s"}'
+    else:
+        fmt = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+    logging.basicConfig(level=level, format=fmt, stream=sys.stderr, force=True)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def upgrade_database(settings: Settings) -> None:
+    """Apply every pending migration to the configured database."""
+    from taskplane.storage.sql.migrate import upgrade_database as upgrade
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.resolved_database_url())
+
+
+def build_executor(settings: Settings) -> Executor:
+    """The local executor, configured from settings."""
+    from taskplane.executors.local import LocalExecutor, LocalExecutorConfig
+
+    data = settings.data_dir
+    return LocalExecutor(
+        LocalExecutorConfig(
+            state_dir=data / "supervisor",
+            logs_dir=data / "logs",
+            work_dir=data / "work",
+            node_name=settings.node_name or socket.gethostname(),
+            millicpu=None if settings.node_cpu is None else q.parse_millicpu(settings.node_cpu, field="node_cpu"),
+            memory=None if settings.node_memory is None else q.parse_bytes(settings.node_memory, field="node_memory"),
+            max_tasks=settings.max_tasks_per_node,
+            log_limit_bytes=q.parse_bytes(settings.log_limit, field="log_limit"),
+            cgroups=settings.cgroups,
+            idle_exit=settings.supervisor_idle_exit,
+        )
+    )
+
+
+def build_platform(settings: Settings) -> Platform:
+    """Wire the platform: SQL store, local executor, engine and services. Migrations are applied here."""
+    from taskplane.storage.sql.store import create_task_store
+
+    upgrade_database(settings)
+    store = create_task_store(settings.resolved_database_url())
+    executor = build_executor(settings)
+    clock = SystemClock()
+    base_env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
+    base_env.setdefault("PATH", os.defpath)
+    engine = Engine(store, executor, clock, EngineConfig(kill_grace=settings.kill_grace, base_env=base_env))
+    defaults = Resources(
+        millicpu=q.parse_millicpu(settings.default_cpu, field="default_cpu"),
+        memory=q.parse_bytes(settings.default_memory, field="default_memory"),
+    )
+    tasks = TaskService(
+        store,
+        engine,
+        executor,
+        clock,
+        TaskServiceConfig(
+            spec_limits=SpecLimits(
+                default_resources=defaults,
+                max_argv_bytes=settings.max_argv_bytes,
+                max_env_bytes=settings.max_env_bytes,
+            ),
+            max_batch=settings.max_batch,
+        ),
+    )
+    return Platform(tasks=tasks, engine=engine, store=store, executor=executor)
+
+
+def serve(settings: Settings) -> None:
+    """Run the server in the foreground until interrupted."""
+    import uvicorn
+
+    from taskplane.api.app import ApiConfig, create_app
+
+    configure_logging(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    platform = build_platform(settings)
+    app = create_app(
+        platform,
+        ApiConfig(max_body_bytes=settings.max_body_bytes, max_batch_body_bytes=settings.max_batch_body_bytes),
+    )
+    log.info("taskplane serving on http://%s:%d (data dir %s)", settings.host, settings.port, settings.data_dir)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=5,
+        lifespan="on",
+    )

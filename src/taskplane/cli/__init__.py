@@ -1,0 +1,1 @@
+"""The ``taskplane`` command line (typer + rich), a thin layer over ``taskplane.sdk``."""

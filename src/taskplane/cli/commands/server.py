@@ -1,0 +1,94 @@
+"""``server`` and ``db upgrade``: the commands that run on the server's machine.
+
+``taskplane.bootstrap`` is imported inside the commands, so client commands start without loading the server.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import typer
+from pydantic import ValidationError
+
+from taskplane.cli import render
+from taskplane.config import Settings, load_settings
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        exists=True,
+        dir_okay=False,
+        help="TOML settings file (default: $TASKPLANE_CONFIG).",
+    ),
+]
+DataDirOption = Annotated[Path | None, typer.Option(help="Where the database, logs and work dirs live.")]
+DatabaseUrlOption = Annotated[
+    str | None, typer.Option(help="SQLAlchemy URL (default: SQLite in the data dir).", envvar=None)
+]
+
+db_app = typer.Typer(help="Database maintenance.")
+
+
+def settings_from(config: Path | None, **overrides: Any) -> Settings:
+    """Load settings (file < environment < flags), reporting a bad file or value as a usage error."""
+    try:
+        return load_settings(config, **overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "settings"
+        raise typer.BadParameter(f"{where}: {first['msg']}", param_hint="settings") from exc
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise typer.BadParameter(f"cannot read the config file: {exc}", param_hint="'--config'") from exc
+
+
+def redact(url: str) -> str:
+    """Hide the password of a database URL."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def server(
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(min=0, max=65535, help="Port to listen on (default 8420).")] = None,
+    data_dir: DataDirOption = None,
+    database_url: DatabaseUrlOption = None,
+    node_name: Annotated[str | None, typer.Option(help="This node's name (default: the host name).")] = None,
+    node_cpu: Annotated[str | None, typer.Option(help="CPU to offer instead of the detected one: 4, 3500m.")] = None,
+    node_memory: Annotated[str | None, typer.Option(help="Memory to offer instead of the detected: 8Gi.")] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Run the taskplane server (API, scheduler and executor) in the foreground."""
+    settings = settings_from(
+        config,
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        database_url=database_url,
+        node_name=node_name,
+        node_cpu=node_cpu,
+        node_memory=node_memory,
+        log_level=log_level,
+    )
+    from taskplane.bootstrap import serve
+
+    serve(settings)
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    data_dir: DataDirOption = None, database_url: DatabaseUrlOption = None, config: ConfigOption = None
+) -> None:
+    """Apply every pending migration to the database."""
+    settings = settings_from(config, data_dir=data_dir, database_url=database_url)
+    from taskplane.bootstrap import upgrade_database
+
+    upgrade_database(settings)
+    render.error(f"database is up to date: {redact(settings.resolved_database_url())}")

@@ -1,0 +1,127 @@
+"""The one error tree of taskplane.
+
+Every error a caller can see is a ``TaskplaneError`` with a stable ``code``; the HTTP layer maps the class
+to a status (``api/errors.py``) and the SDK maps the ``code`` back to the class. Adapters translate library
+errors into these with ``raise ... from exc``; nothing matches on message text.
+
+    TaskplaneError
+    +-- InvalidRequestError          (400/422) bad input, with optional field ``errors``
+    |   +-- MalformedRequestError    (400) body is not JSON
+    |   +-- PayloadTooLargeError     (413)
+    |   +-- UnschedulableError       (422) the request can never fit this platform
+    +-- NotFoundError                (404)
+    +-- ConflictError                (409)
+    |   +-- InvalidTransitionError   (409) e.g. cancelling a finished task
+    |   +-- IdempotencyConflictError (409) same key, different request
+    +-- UnavailableError             (503) database or executor unreachable
+    +-- InternalError                (500) a bug; never raised on purpose for bad input
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class TaskplaneError(Exception):
+    """Base of every taskplane error; ``code`` is stable and machine readable."""
+
+    code: ClassVar[str] = "error"
+    title: ClassVar[str] = "Error"
+
+    status: int | None = None  # set by the SDK from the HTTP response
+    problem: dict[str, Any] | None = None  # the problem document, when raised by the SDK
+
+    def __init__(self, detail: str, *, code: str | None = None, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if code is not None:
+            self.code = code  # type: ignore[misc]
+        self.extra: dict[str, Any] = extra
+
+
+class InvalidRequestError(TaskplaneError):
+    """The request is well-formed JSON but its content is not acceptable."""
+
+    code = "invalid_request"
+    title = "Invalid request"
+
+
+class MalformedRequestError(InvalidRequestError):
+    """The request body could not be parsed at all."""
+
+    code = "malformed_request"
+    title = "Malformed request"
+
+
+class PayloadTooLargeError(InvalidRequestError):
+    """The request body, an argv or an env is larger than the configured limit."""
+
+    code = "payload_too_large"
+    title = "Payload too large"
+
+
+class UnschedulableError(InvalidRequestError):
+    """The task's resource request can never fit any node of this platform."""
+
+    code = "unschedulable"
+    title = "Task can never be scheduled"
+
+
+class NotFoundError(TaskplaneError):
+    """The object does not exist (or is not visible to the caller)."""
+
+    code = "not_found"
+    title = "Not found"
+
+
+class ConflictError(TaskplaneError):
+    """The request conflicts with the current state of the object."""
+
+    code = "conflict"
+    title = "Conflict"
+
+
+class InvalidTransitionError(ConflictError):
+    """A lifecycle transition that the state machine does not allow."""
+
+    code = "invalid_state"
+    title = "Invalid state for this operation"
+
+
+class IdempotencyConflictError(ConflictError):
+    """An idempotency key reused with a different request body."""
+
+    code = "idempotency_key_reused"
+    title = "Idempotency key reused with a different request"
+
+
+class UnavailableError(TaskplaneError):
+    """A dependency (database, executor) is not reachable right now."""
+
+    code = "unavailable"
+    title = "Service unavailable"
+
+
+class InternalError(TaskplaneError):
+    """An unexpected failure inside taskplane."""
+
+    code = "internal"
+    title = "Internal error"
+
+
+ERRORS_BY_CODE: dict[str, type[TaskplaneError]] = {
+    cls.code: cls
+    for cls in (
+        TaskplaneError,
+        InvalidRequestError,
+        MalformedRequestError,
+        PayloadTooLargeError,
+        UnschedulableError,
+        NotFoundError,
+        ConflictError,
+        InvalidTransitionError,
+        IdempotencyConflictError,
+        UnavailableError,
+        InternalError,
+    )
+}

@@ -1,0 +1,13 @@
+"""Python clients of the taskplane HTTP API: ``Client`` (blocking) and ``AsyncClient`` (asyncio).
+
+Both take and return the ``taskplane.wire`` models the server uses, and raise the ``taskplane.errors`` classes
+the server's problem ``code`` names (``NotFoundError``, ``InvalidTransitionError``...); an unreachable server
+raises ``UnavailableError``. ``wait`` raises ``WaitTimeoutError`` (a ``TimeoutError``) when its own timeout passes.
+"""
+
+from taskplane.sdk.async_client import AsyncClient
+from taskplane.sdk.calls import DEFAULT_URL
+from taskplane.sdk.client import Client
+from taskplane.sdk.polling import WaitTimeoutError
+
+__all__ = ["DEFAULT_URL", "AsyncClient", "Client", "WaitTimeoutError"]

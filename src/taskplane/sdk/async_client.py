@@ -1,0 +1,194 @@
+"""The asynchronous client: ``Client`` with ``await``. Requests and responses are built in ``calls``."""
+
+from __future__ import annotations
+
+import builtins
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import httpx
+
+from taskplane.sdk import calls, polling
+from taskplane.sdk.calls import Call, LogStream, TaskInput
+from taskplane.sdk.problems import transport_errors
+from taskplane.wire import BatchSubmitResult, CapacityOut, EventOut, TaskList, TaskOut
+
+T = TypeVar("T")
+
+
+class AsyncClient:
+    """An asyncio client of a taskplane server; same methods and errors as ``Client``.
+
+    ``base_url`` defaults to ``$TASKPLANE_URL`` then ``http://127.0.0.1:8420``; ``token`` to
+    ``$TASKPLANE_TOKEN`` (sent as ``Authorization: Bearer``). ``timeout`` is per request, in seconds; long polls
+    get their own hold time on top and followed logs have no read timeout. Errors are ``taskplane.errors``
+    classes; an unreachable server raises ``UnavailableError``.
+
+        async with AsyncClient() as tp:
+            task = await tp.submit(command=["python", "-c", "print(1)"], resources={"cpu": "500m"})
+            print((await tp.wait(task.id)).state)
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        token: str | None = None,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._base_url = calls.resolve_base_url(base_url)
+        self._timeout = timeout
+        self._http = httpx.AsyncClient(
+            base_url=self._base_url,
+            headers=calls.default_headers(token),
+            timeout=timeout,
+            transport=transport,
+        )
+
+    @property
+    def base_url(self) -> str:
+        """The server this client talks to."""
+        return self._base_url
+
+    def __repr__(self) -> str:
+        return f"AsyncClient({self._base_url!r})"
+
+    async def _send(self, call: Call[T]) -> T:
+        with transport_errors(self._base_url):
+            response = await self._http.send(calls.build_request(self._http, call, self._timeout))
+        return call.decode(response)
+
+    # -- tasks ----------------------------------------------------------------------------------------------
+
+    async def submit(
+        self, task: TaskInput | None = None, /, *, idempotency_key: str | None = None, **fields: Any
+    ) -> TaskOut:
+        """Submit one task, given as a ``TaskSubmit``, a mapping, or keyword fields of ``TaskSubmit``.
+
+        With ``idempotency_key`` (sent as the ``Idempotency-Key`` header) a repeated call returns the task the
+        first call created.
+        """
+        return await self._send(calls.submit_task(calls.coerce_task(task, fields), idempotency_key))
+
+    async def submit_batch(self, tasks: Iterable[TaskInput]) -> BatchSubmitResult:
+        """Submit up to the server's ``max_batch`` (default 1,000) tasks in one transaction."""
+        return await self._send(calls.submit_batch(tasks))
+
+    async def get(self, task_id: str) -> TaskOut:
+        """One task, with its attempts."""
+        return await self._send(calls.get_task(task_id))
+
+    async def list(
+        self,
+        state: str | Iterable[str] | None = None,
+        labels: Mapping[str, str] | Iterable[str] | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> TaskList:
+        """One page of tasks, newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
+        filters = calls.list_filters(state, labels, created_after, created_before)
+        return await self._send(calls.list_tasks(filters, limit, cursor))
+
+    async def iter_tasks(
+        self,
+        state: str | Iterable[str] | None = None,
+        labels: Mapping[str, str] | Iterable[str] | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        page_size: int = 100,
+    ) -> AsyncIterator[TaskOut]:
+        """Every matching task, newest first, fetching pages as the iteration goes."""
+        filters = calls.list_filters(state, labels, created_after, created_before)
+        cursor: str | None = None
+        while True:
+            page = await self._send(calls.list_tasks(filters, page_size, cursor))
+            for task in page.items:
+                yield task
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    async def cancel(self, task_id: str) -> TaskOut:
+        """Ask for a task to be cancelled; returns it ``cancelling`` or ``cancelled``.
+
+        Raises ``InvalidTransitionError`` when the task has already ended otherwise.
+        """
+        return await self._send(calls.cancel_task(task_id))
+
+    async def events(self, task_id: str) -> builtins.list[EventOut]:
+        """Return the recorded transitions of a task, oldest first."""
+        return await self._send(calls.task_events(task_id))
+
+    async def wait(self, task_id: str, timeout: float | None = None) -> TaskOut:
+        """Wait until the task ends and return it; raise ``WaitTimeoutError`` after ``timeout`` seconds."""
+        deadline = polling.deadline_after(timeout, time.monotonic())
+        while True:
+            task = await self._send(calls.wait_task(task_id, polling.poll_seconds(deadline, time.monotonic())))
+            if polling.is_terminal(task):
+                return task
+            if polling.expired(deadline, time.monotonic()):
+                raise polling.WaitTimeoutError(task, timeout or 0.0)
+
+    async def logs(
+        self, task_id: str, stream: LogStream = "stdout", attempt: int | None = None, offset: int = 0
+    ) -> bytes:
+        """Return what an attempt (default: the latest) has written to ``stream`` so far, from byte ``offset``."""
+        return await self._send(calls.task_logs(task_id, stream, attempt, offset))
+
+    async def follow_logs(
+        self, task_id: str, stream: LogStream = "stdout", attempt: int | None = None, offset: int = 0
+    ) -> AsyncIterator[bytes]:
+        """Chunks of ``stream`` as they are written, until the task ends (``tail -f``).
+
+        The request is sent when iteration starts; close the iterator to stop early.
+        """
+        call = calls.follow_task_logs(task_id, stream, attempt, offset)
+        with transport_errors(self._base_url):
+            response = await self._http.send(calls.build_request(self._http, call, self._timeout), stream=True)
+        try:
+            with transport_errors(self._base_url):
+                if not response.is_success:
+                    await response.aread()
+                call.decode(response)
+                async for chunk in response.aiter_bytes():
+                    yield chunk
+        finally:
+            await response.aclose()
+
+    # -- platform -------------------------------------------------------------------------------------------
+
+    async def capacity(self) -> CapacityOut:
+        """Capacity per node and in total, with pending and running counts."""
+        return await self._send(calls.capacity())
+
+    async def health(self) -> dict[str, Any]:
+        """``/healthz``: raises ``UnavailableError`` when the server does not answer."""
+        return await self._send(calls.probe("/healthz"))
+
+    async def ready(self) -> dict[str, Any]:
+        """``/readyz``: raises ``UnavailableError`` when the server is up but not ready."""
+        return await self._send(calls.probe("/readyz"))
+
+    # -- lifetime -------------------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool (the name ``contextlib.aclosing`` expects)."""
+        await self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()

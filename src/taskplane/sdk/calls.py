@@ -1,0 +1,279 @@
+"""The task API as data: each operation is a ``Call`` (the parts of a request and the decoder of its response).
+
+Both clients build their requests here and decode responses here, so the sync and async clients differ only
+in how they send::
+
+    Client.get(id) ------+                                             +--> httpx.Client.send
+                         +--> get_task(id) -> Call --> build_request --+                        --> call.decode
+    AsyncClient.get(id) -+                                             +--> httpx.AsyncClient.send
+
+No I/O happens in this module.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Generic, Literal, TypeVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from taskplane import __version__
+from taskplane.errors import InternalError, InvalidRequestError
+from taskplane.sdk.problems import raise_for_problem
+from taskplane.wire import BatchSubmit, BatchSubmitResult, CapacityOut, EventOut, TaskList, TaskOut, TaskSubmit
+
+DEFAULT_URL = "http://127.0.0.1:8420"
+URL_ENV = "TASKPLANE_URL"
+TOKEN_ENV = "TASKPLANE_TOKEN"  # noqa: S105 - the name of a variable, not a secret
+
+LogStream = Literal["stdout", "stderr"]
+TaskInput = TaskSubmit | Mapping[str, Any]
+
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Generic[T]):
+    """One request of the API and how to read its response.
+
+    ``hold`` is how long the server may hold the request before answering (a long poll), added to the read
+    timeout. ``stream`` marks a response read incrementally: it gets no read timeout and ``decode`` only
+    checks the status (the caller reads the body).
+    """
+
+    method: str
+    path: str
+    decode: Callable[[httpx.Response], T]
+    params: tuple[tuple[str, str], ...] = ()
+    body: bytes | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    hold: float = 0.0
+    stream: bool = False
+
+
+def resolve_base_url(base_url: str | None) -> str:
+    """Return the server URL: ``base_url``, else ``$TASKPLANE_URL``, else ``http://127.0.0.1:8420``."""
+    url = base_url or os.environ.get(URL_ENV) or DEFAULT_URL
+    return url.rstrip("/")
+
+
+def default_headers(token: str | None) -> dict[str, str]:
+    """Headers sent on every request; the bearer token is ``token``, else ``$TASKPLANE_TOKEN``, if any."""
+    headers = {"User-Agent": f"taskplane-sdk/{__version__}", "Accept": "application/json"}
+    token = token or os.environ.get(TOKEN_ENV)
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return headers
+
+
+def build_request(http: httpx.Client | httpx.AsyncClient, call: Call[Any], timeout: float) -> httpx.Request:
+    """Build the ``httpx`` request for ``call``, with timeouts derived from the client's base ``timeout``."""
+    headers = dict(call.headers)
+    if call.body is not None:
+        headers["Content-Type"] = "application/json"
+    request_timeout = httpx.Timeout(timeout, read=None) if call.stream else httpx.Timeout(timeout + call.hold)
+    return http.build_request(
+        call.method,
+        call.path,
+        params=list(call.params),
+        content=call.body,
+        headers=headers,
+        timeout=request_timeout,
+    )
+
+
+# -- decoders -------------------------------------------------------------------------------------------------
+
+
+def _decode_model(model: type[M]) -> Callable[[httpx.Response], M]:
+    def decode(response: httpx.Response) -> M:
+        raise_for_problem(response)
+        try:
+            return model.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise InternalError(
+                f"the server at {response.request.url} sent a {model.__name__} this client cannot read "
+                f"({exc.error_count()} invalid fields; are client and server versions compatible?)"
+            ) from exc
+
+    return decode
+
+
+class _EventList(BaseModel):
+    items: list[EventOut]
+
+
+def _decode_events(response: httpx.Response) -> list[EventOut]:
+    return _decode_model(_EventList)(response).items
+
+
+def _decode_bytes(response: httpx.Response) -> bytes:
+    raise_for_problem(response)
+    return response.content
+
+
+def _decode_json_object(response: httpx.Response) -> dict[str, Any]:
+    raise_for_problem(response)
+    try:
+        body = response.json()
+    except ValueError:
+        return {"status": response.text.strip()}
+    return body if isinstance(body, dict) else {"status": body}
+
+
+# -- argument checks ------------------------------------------------------------------------------------------
+
+
+def task_path(task_id: str, suffix: str = "") -> str:
+    """``/platform/tasks/{id}{suffix}`` with the id escaped, so no id can reach another route."""
+    if not isinstance(task_id, str) or not task_id:
+        raise InvalidRequestError("a task id must be a non-empty string")
+    return f"/platform/tasks/{quote(task_id, safe='')}{suffix}"
+
+
+def coerce_task(task: TaskInput | None, fields: Mapping[str, Any]) -> TaskSubmit:
+    """Make a ``TaskSubmit`` from a model, a mapping, or keyword ``fields`` (exactly one of them).
+
+    Invalid fields raise ``InvalidRequestError`` with pydantic's ``errors`` before anything is sent.
+    """
+    if task is not None and fields:
+        raise TypeError("pass a task or keyword fields, not both")
+    if isinstance(task, TaskSubmit):
+        return task
+    try:
+        return TaskSubmit.model_validate(dict(task if task is not None else fields))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "task"
+        raise InvalidRequestError(
+            f"invalid task: {where}: {first['msg']}",
+            errors=exc.errors(include_url=False, include_context=False),
+        ) from exc
+
+
+def rfc3339(value: datetime, *, field: str) -> str:
+    """Format a timezone-aware datetime as an RFC 3339 UTC string; naive datetimes are refused."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidRequestError(f"{field} must be timezone-aware")
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def list_filters(
+    state: str | Iterable[str] | None = None,
+    labels: Mapping[str, str] | Iterable[str] | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+) -> tuple[tuple[str, str], ...]:
+    """Query parameters selecting tasks. ``labels`` is a mapping or ``"key=value"`` strings (all must match)."""
+    params: list[tuple[str, str]] = []
+    states = [state] if isinstance(state, str) else list(state or ())
+    params.extend(("state", str(s)) for s in states)
+    pairs = [f"{k}={v}" for k, v in labels.items()] if isinstance(labels, Mapping) else list(labels or ())
+    for pair in pairs:
+        if "=" not in pair or pair.startswith("="):
+            raise InvalidRequestError(f"label selector {pair!r} must look like key=value")
+        params.append(("label", pair))
+    if created_after is not None:
+        params.append(("created_after", rfc3339(created_after, field="created_after")))
+    if created_before is not None:
+        params.append(("created_before", rfc3339(created_before, field="created_before")))
+    return tuple(params)
+
+
+# -- the calls ------------------------------------------------------------------------------------------------
+
+
+def submit_task(task: TaskSubmit, idempotency_key: str | None = None) -> Call[TaskOut]:
+    """``POST /platform/tasks`` (201 created, 200 when the idempotency key was seen before)."""
+    if idempotency_key is not None and task.idempotency_key not in (None, idempotency_key):
+        raise InvalidRequestError("idempotency_key differs from the task's own idempotency_key")
+    headers = (("Idempotency-Key", idempotency_key),) if idempotency_key is not None else ()
+    body = task.model_dump_json(exclude_unset=True).encode()
+    return Call("POST", "/platform/tasks", _decode_model(TaskOut), body=body, headers=headers)
+
+
+def submit_batch(tasks: Iterable[TaskInput]) -> Call[BatchSubmitResult]:
+    """``POST /platform/tasks/batch``: all tasks are created in one transaction, or none."""
+    batch = BatchSubmit(tasks=[coerce_task(task, {}) for task in tasks])
+    body = batch.model_dump_json(exclude_unset=True).encode()
+    return Call("POST", "/platform/tasks/batch", _decode_model(BatchSubmitResult), body=body)
+
+
+def get_task(task_id: str) -> Call[TaskOut]:
+    """``GET /platform/tasks/{id}``, attempts included."""
+    return Call("GET", task_path(task_id), _decode_model(TaskOut))
+
+
+def list_tasks(filters: tuple[tuple[str, str], ...], limit: int = 100, cursor: str | None = None) -> Call[TaskList]:
+    """``GET /platform/tasks``: one page, newest first."""
+    params = (*filters, ("limit", str(limit)))
+    if cursor is not None:
+        params = (*params, ("cursor", cursor))
+    return Call("GET", "/platform/tasks", _decode_model(TaskList), params=params)
+
+
+def cancel_task(task_id: str) -> Call[TaskOut]:
+    """``PUT /platform/tasks/{id}/cancel`` (202: now cancelling or cancelled)."""
+    return Call("PUT", task_path(task_id, "/cancel"), _decode_model(TaskOut))
+
+
+def task_events(task_id: str) -> Call[list[EventOut]]:
+    """``GET /platform/tasks/{id}/events``, oldest first."""
+    return Call("GET", task_path(task_id, "/events"), _decode_events)
+
+
+def wait_task(task_id: str, poll_seconds: int) -> Call[TaskOut]:
+    """``GET /platform/tasks/{id}/wait``: answers when the task is terminal or after ``poll_seconds``."""
+    return Call(
+        "GET",
+        task_path(task_id, "/wait"),
+        _decode_model(TaskOut),
+        params=(("timeout", str(poll_seconds)),),
+        hold=float(poll_seconds),
+    )
+
+
+def _logs_params(stream: LogStream, attempt: int | None, offset: int, *, follow: bool) -> tuple[tuple[str, str], ...]:
+    params: list[tuple[str, str]] = [("stream", stream), ("follow", "true" if follow else "false")]
+    if attempt is not None:
+        params.append(("attempt", str(attempt)))
+    if offset:
+        params.append(("offset", str(offset)))
+    return tuple(params)
+
+
+def task_logs(task_id: str, stream: LogStream = "stdout", attempt: int | None = None, offset: int = 0) -> Call[bytes]:
+    """``GET /platform/tasks/{id}/logs``: what the attempt (default: the latest) has written so far."""
+    params = _logs_params(stream, attempt, offset, follow=False)
+    return Call("GET", task_path(task_id, "/logs"), _decode_bytes, params=params, headers=(("Accept", "*/*"),))
+
+
+def follow_task_logs(
+    task_id: str, stream: LogStream = "stdout", attempt: int | None = None, offset: int = 0
+) -> Call[None]:
+    """``GET /platform/tasks/{id}/logs?follow=true``: a response that streams until the task ends."""
+    params = _logs_params(stream, attempt, offset, follow=True)
+    return Call(
+        "GET",
+        task_path(task_id, "/logs"),
+        raise_for_problem,
+        params=params,
+        headers=(("Accept", "*/*"),),
+        stream=True,
+    )
+
+
+def capacity() -> Call[CapacityOut]:
+    """``GET /platform/capacity``."""
+    return Call("GET", "/platform/capacity", _decode_model(CapacityOut))
+
+
+def probe(path: Literal["/healthz", "/readyz"]) -> Call[dict[str, Any]]:
+    """``GET /healthz`` (alive) or ``GET /readyz`` (database reachable, executors healthy)."""
+    return Call("GET", path, _decode_json_object)

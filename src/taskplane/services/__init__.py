@@ -1,0 +1,1 @@
+"""Use cases: transactions, the dispatch loop, timers. Talks to adapters only through ``ports``."""

@@ -1,0 +1,271 @@
+"""Ports: the small protocols services use to reach storage, executors and time.
+
+Each port has one contract suite in ``tests/contract`` that every implementation passes.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from taskplane.domain.outcome import AttemptOutcome
+from taskplane.domain.resources import Resources
+from taskplane.domain.task import Attempt, Task, TaskState
+
+# ---------------------------------------------------------------------------------------------- time
+
+
+class Clock(Protocol):
+    """Where services get the time; tests pass a fake one."""
+
+    def now(self) -> datetime:
+        """The current time, timezone-aware UTC."""
+        ...
+
+    def monotonic(self) -> float:
+        """Seconds from an arbitrary origin that never goes backwards."""
+        ...
+
+
+# ------------------------------------------------------------------------------------------- storage
+
+
+@dataclass(frozen=True, slots=True)
+class TaskEvent:
+    """One recorded transition or fact about a task (the outbox row)."""
+
+    task_id: str
+    at: datetime
+    type: str  # created, admitted, starting, running, exited, retrying, cancel_requested, succeeded, ...
+    from_state: TaskState | None = None
+    to_state: TaskState | None = None
+    attempt: int | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+    seq: int = 0  # assigned by the store
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    """A task to create, with the fingerprint of its request for idempotency checks."""
+
+    task: Task
+    request_hash: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    """The result of creating one task: the stored task, and whether this call created it."""
+
+    task: Task
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFilter:
+    """Filters for listing tasks. All given filters must match."""
+
+    states: frozenset[TaskState] = frozenset()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    tenant: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of tasks and the cursor for the next one (``None`` at the end)."""
+
+    items: list[Task]
+    next_cursor: str | None
+
+
+@dataclass(slots=True)
+class ChangeSet:
+    """Everything one engine step writes, committed in a single transaction."""
+
+    tasks: list[Task] = field(default_factory=list)  # full new rows of tasks that changed
+    new_attempts: list[Attempt] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)  # full new rows of attempts that changed
+    events: list[TaskEvent] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.tasks or self.new_attempts or self.attempts or self.events)
+
+
+class TaskStore(Protocol):
+    """Durable task, attempt and event storage. Every method is one transaction."""
+
+    async def create_tasks(self, new: Sequence[NewTask], events: Sequence[TaskEvent]) -> list[Created]:
+        """Insert tasks (all or nothing) with their events.
+
+        A task whose ``(tenant, idempotency_key)`` exists already is not inserted: its stored row is returned
+        with ``created=False``, or ``IdempotencyConflictError`` is raised when its request hash differs. The
+        unique index decides, inside the transaction. Events of tasks not created are not written.
+        """
+        ...
+
+    async def get_task(self, task_id: str) -> Task | None:
+        """One task, or ``None``."""
+        ...
+
+    async def get_attempts(self, task_id: str) -> list[Attempt]:
+        """A task's attempts, oldest first."""
+        ...
+
+    async def get_events(self, task_id: str, limit: int = 1000) -> list[TaskEvent]:
+        """A task's events, oldest first."""
+        ...
+
+    async def list_tasks(self, filt: TaskFilter, limit: int, cursor: str | None) -> Page:
+        """Tasks matching ``filt``, newest first, ``limit`` at most; ``cursor`` from a previous page."""
+        ...
+
+    async def apply(self, changes: ChangeSet) -> None:
+        """Write a change set in one transaction (task rows are updated by id, attempts by (task_id, number))."""
+        ...
+
+    async def load_unfinished(self) -> tuple[list[Task], list[Attempt]]:
+        """All non-terminal tasks (oldest first) and all non-terminal attempts: the engine's state after a restart."""
+        ...
+
+    async def next_epoch(self) -> int:
+        """Increment and return the server epoch, a fencing token for executor sessions."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise ``UnavailableError`` when the database cannot be reached."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+# ----------------------------------------------------------------------------------------- executors
+
+
+class LogStream(enum.StrEnum):
+    """Which output of a task."""
+
+    STDOUT = "stdout"
+    STDERR = "stderr"
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """Everything an executor needs to start one attempt."""
+
+    task_id: str
+    attempt: int
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    workdir: str | None  # relative to the attempt's sandbox; validated, never absolute
+    resources: Resources
+    image: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The attempt's unique key, ``<task_id>.<attempt>``."""
+        return f"{self.task_id}.{self.attempt}"
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """An attempt's process is running."""
+
+    task_id: str
+    attempt: int
+    at: datetime
+    pid: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Exited:
+    """An attempt ended (or could not start). ``outcome.stop_reason`` is filled in by the engine, not here."""
+
+    task_id: str
+    attempt: int
+    at: datetime
+    outcome: AttemptOutcome
+    started_at: datetime | None = None
+    never_started: bool = False  # stopped (or lost) while waiting in the node's queue: no process ever ran
+    peak_memory: int | None = None
+    cpu_seconds: float | None = None
+    log_truncated: bool = False
+
+
+ExecutorEvent = Started | Exited
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """What an executor knows after (re)connecting: attempts running, queued on the node, and ended but not acked."""
+
+    running: list[Started]
+    exited: list[Exited]
+    queued: list[tuple[str, int]] = field(default_factory=list)  # accepted, waiting for room, in start order
+
+
+@dataclass(frozen=True, slots=True)
+class NodeCapacity:
+    """What one node offers."""
+
+    node: str
+    total: Resources
+    max_tasks: int
+    cgroups: str  # "v1", "v2" or "none": how limits are enforced
+    warnings: tuple[str, ...] = ()
+
+
+class Executor(Protocol):
+    """Runs attempts (after Nomad's driver plugin): start, stop, events, recover, capacity.
+
+    ``open`` returns what is still running, queued, or ended while nobody listened; after that, ``on_events``
+    receives batches of ``Started``/``Exited``. An ``Exited`` is repeated after a reconnect until ``ack``-ed, so
+    an exit is never lost between the executor and the database. ``start`` is idempotent per attempt key.
+
+    The node keeps a short FIFO queue: ``start`` hands over launches in order, and each one is started as soon
+    as it fits the node's capacity (``capacity()``: resources and ``max_tasks``) next to what already runs. The
+    engine sends at most a few launches beyond free capacity, so the next task starts the moment a slot frees,
+    without a round trip through the engine. A queued launch that is stopped is reported ``Exited`` with
+    ``never_started=True``.
+    """
+
+    name: str
+
+    async def open(self, epoch: int, on_events: Callable[[list[ExecutorEvent]], None]) -> Recovered:
+        """Connect (starting helpers if needed) under fencing ``epoch``; report what survived."""
+        ...
+
+    async def start(self, launches: Sequence[Launch]) -> None:
+        """Start attempts. Outcomes arrive as events (a spawn error is an ``Exited`` with ``spawn_error``)."""
+        ...
+
+    async def stop(self, task_id: str, attempt: int, grace: float) -> None:
+        """SIGTERM (or equivalent) to the attempt's whole process group, SIGKILL after ``grace`` seconds."""
+        ...
+
+    async def ack(self, keys: Sequence[tuple[str, int]]) -> None:
+        """The exits of these attempts are durably recorded; the executor may forget them."""
+        ...
+
+    def capacity(self) -> NodeCapacity:
+        """This node's size and limits."""
+        ...
+
+    async def close(self) -> None:
+        """Disconnect. Running attempts keep running."""
+        ...
+
+
+@runtime_checkable
+class SupportsLogs(Protocol):
+    """An executor whose attempts' output lives in files the server can read."""
+
+    def log_path(self, task_id: str, attempt: int, stream: LogStream) -> Path:
+        """The file holding one stream of one attempt (it may not exist yet)."""
+        ...

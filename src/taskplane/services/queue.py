@@ -1,0 +1,109 @@
+"""The ready queue and the timer heap the engine keeps in memory (rebuilt from the database on start)."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+
+class ReadyQueue:
+    """Pending task ids eligible to run now, in priority (high first) then arrival order.
+
+    Removal is lazy: ``discard`` forgets membership and iteration skips the stale entry, so cancelling a
+    queued task and placing the head are both O(1) amortised, and a scheduling cycle that places k tasks
+    costs O(k) whatever the queue length.
+    """
+
+    def __init__(self) -> None:
+        self._lanes: dict[int, deque[str]] = {}
+        self._order: list[int] = []  # priorities, highest first
+        self._members: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._members
+
+    def push(self, task_id: str, priority: int) -> None:
+        """Queue a task at the back of its priority lane."""
+        if task_id in self._members:
+            return
+        lane = self._lanes.get(priority)
+        if lane is None:
+            lane = self._lanes[priority] = deque()
+            self._order = sorted(self._lanes, reverse=True)
+        lane.append(task_id)
+        self._members.add(task_id)
+
+    def discard(self, task_id: str) -> None:
+        """Forget a task (placed, cancelled, timed out); its lane entry is dropped lazily."""
+        self._members.discard(task_id)
+
+    def __iter__(self) -> Iterator[str]:
+        """Members in queue order. Do not push or discard while iterating."""
+        members = self._members
+        for priority in self._order:
+            for task_id in self._lanes[priority]:
+                if task_id in members:
+                    yield task_id
+
+    def compact(self) -> None:
+        """Drop stale entries from the front of each lane (call after a cycle)."""
+        members = self._members
+        for priority in list(self._order):
+            lane = self._lanes[priority]
+            while lane and lane[0] not in members:
+                lane.popleft()
+            if not lane:
+                del self._lanes[priority]
+        self._order = sorted(self._lanes, reverse=True)
+
+    def position(self, task_id: str) -> int | None:
+        """0-based position in the queue, or ``None`` when not queued. O(queue length)."""
+        if task_id not in self._members:
+            return None
+        for index, member in enumerate(self):
+            if member == task_id:
+                return index
+        return None  # pragma: no cover - member is always found
+
+
+@dataclass(order=True, frozen=True, slots=True)
+class Timer:
+    """Something to do for a task at a time (epoch seconds); ``attempt`` 0 means "not tied to an attempt"."""
+
+    at: float
+    order: int
+    kind: str = field(compare=False)  # queue_timeout, run_timeout, deadline, backoff
+    task_id: str = field(compare=False)
+    attempt: int = field(compare=False, default=0)
+
+
+class TimerHeap:
+    """Timers by due time. Stale timers are not removed; the engine checks them when they fire."""
+
+    def __init__(self) -> None:
+        self._heap: list[Timer] = []
+        self._counter = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def add(self, at: float, kind: str, task_id: str, attempt: int = 0) -> None:
+        """Schedule a timer."""
+        heapq.heappush(self._heap, Timer(at, next(self._counter), kind, task_id, attempt))
+
+    def next_due(self) -> float | None:
+        """When the earliest timer fires, or ``None``."""
+        return self._heap[0].at if self._heap else None
+
+    def pop_due(self, now: float) -> list[Timer]:
+        """Remove and return every timer due at ``now``."""
+        due = []
+        while self._heap and self._heap[0].at <= now:
+            due.append(heapq.heappop(self._heap))
+        return due

@@ -1,0 +1,109 @@
+"""Domain objects to wire models (what the API returns)."""
+
+from __future__ import annotations
+
+from taskplane.domain.quantities import format_bytes, format_millicpu
+from taskplane.domain.resources import Resources
+from taskplane.domain.task import Attempt, PendingReason, Task
+from taskplane.services.ports import TaskEvent
+from taskplane.wire import AttemptOut, EventOut, PendingReasonOut, ResourcesOut, TaskOut
+
+
+def resources_out(res: Resources) -> ResourcesOut:
+    """Both the human and the integer form of a resource vector."""
+    return ResourcesOut(
+        cpu=format_millicpu(res.millicpu),
+        memory=format_bytes(res.memory),
+        gpu=res.gpu,
+        millicpu=res.millicpu,
+        memory_bytes=res.memory,
+    )
+
+
+def reason_out(reason: PendingReason | None) -> PendingReasonOut | None:
+    """The wire form of a pending reason."""
+    if reason is None:
+        return None
+    return PendingReasonOut(code=reason.code, message=reason.message, resource=reason.resource, until=reason.until)
+
+
+def attempt_out(a: Attempt) -> AttemptOut:
+    """The wire form of an attempt."""
+    return AttemptOut(
+        number=a.number,
+        state=a.state.value,
+        node=a.node,
+        created_at=a.created_at,
+        started_at=a.started_at,
+        finished_at=a.finished_at,
+        pid=a.pid,
+        exit_code=a.exit_code,
+        signal=a.signal,
+        failure_class=None if a.failure_class is None else a.failure_class.value,
+        message=a.message,
+        peak_memory=a.peak_memory,
+        cpu_seconds=a.cpu_seconds,
+        log_truncated=a.log_truncated,
+    )
+
+
+def event_out(e: TaskEvent) -> EventOut:
+    """The wire form of a task event."""
+    return EventOut(
+        seq=e.seq,
+        at=e.at,
+        type=e.type,
+        from_state=None if e.from_state is None else e.from_state.value,
+        to_state=None if e.to_state is None else e.to_state.value,
+        attempt=e.attempt,
+        data=dict(e.data),
+    )
+
+
+def task_out(
+    task: Task,
+    attempts: list[Attempt] | None = None,
+    *,
+    reason: PendingReason | None = None,
+    queue_position: int | None = None,
+) -> TaskOut:
+    """The wire form of a task; ``reason`` overrides the stored pending reason with a live one."""
+    spec = task.spec
+    t = spec.timeouts
+    r = spec.retry
+    return TaskOut(
+        id=task.id,
+        name=spec.name,
+        tenant=spec.tenant,
+        state=task.state.value,
+        priority=spec.priority,
+        command=list(spec.command),
+        shell=spec.shell,
+        env=dict(spec.env),
+        workdir=spec.workdir,
+        image=spec.image,
+        resources=resources_out(spec.resources),
+        labels=dict(spec.labels),
+        timeouts={"queue": t.queue, "run": t.run, "deadline": None if t.deadline is None else t.deadline.isoformat()},
+        retry={
+            "max_attempts": r.max_attempts,
+            "backoff": r.backoff_initial,
+            "backoff_max": r.backoff_max,
+            "backoff_multiplier": r.backoff_multiplier,
+            "jitter": r.jitter,
+            "retry_on": sorted(c.value for c in r.retry_on),
+        },
+        idempotency_key=task.idempotency_key,
+        created_at=task.created_at,
+        updated_at=task.updated_at,
+        started_at=task.started_at,
+        finished_at=task.finished_at,
+        attempt_count=task.attempts,
+        exit_code=task.exit_code,
+        failure_class=None if task.failure_class is None else task.failure_class.value,
+        message=task.message,
+        pending_reason=reason_out(reason or task.pending_reason) if not task.state.terminal else None,
+        queue_position=queue_position,
+        cancel_requested=task.cancel_requested,
+        attempts=None if attempts is None else [attempt_out(a) for a in attempts],
+    )

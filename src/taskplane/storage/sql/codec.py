@@ -1,0 +1,395 @@
+"""Domain values to rows and JSON, and back. No SQL here: rows are plain dicts and positional tuples.
+
+The spec is stored whole as JSON (``tasks.spec``); tenant, priority and name are copied into columns only to
+filter and sort on. Decoding tolerates missing keys (taking the dataclass defaults), so fields added to the
+spec later read old rows without a data migration.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from taskplane.domain.resources import Resources
+from taskplane.domain.task import (
+    Attempt,
+    AttemptState,
+    FailureClass,
+    PendingReason,
+    RetryPolicy,
+    Task,
+    TaskSpec,
+    TaskState,
+    Timeouts,
+)
+from taskplane.services.ports import TaskEvent
+from taskplane.storage.sql.tables import from_micros, to_micros
+
+_DUMPS_OPTIONS = orjson.OPT_NON_STR_KEYS
+
+TASK_FIELDS: tuple[str, ...] = (
+    "id",
+    "seq",
+    "state",
+    "idempotency_key",
+    "spec",
+    "attempts",
+    "infra_failures",
+    "not_before",
+    "pending_reason",
+    "failure_class",
+    "exit_code",
+    "message",
+    "cancel_requested",
+    "created_at",
+    "updated_at",
+    "started_at",
+    "finished_at",
+)
+"""Columns of ``tasks`` that ``task_from_row`` reads, in this order."""
+
+ATTEMPT_FIELDS: tuple[str, ...] = (
+    "task_id",
+    "number",
+    "state",
+    "node",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "pid",
+    "exit_code",
+    "signal",
+    "failure_class",
+    "message",
+    "peak_memory",
+    "cpu_seconds",
+    "log_truncated",
+)
+"""Columns of ``attempts`` that ``attempt_from_row`` reads, in this order (the ``Attempt`` field order)."""
+
+EVENT_FIELDS: tuple[str, ...] = ("seq", "task_id", "at", "type", "from_state", "to_state", "attempt", "data")
+"""Columns of ``task_events`` that ``event_from_row`` reads, in this order."""
+
+
+# ----------------------------------------------------------------------------------------- datetimes
+
+
+def _iso(value: datetime | None) -> str | None:
+    # Through to_micros so naive values are refused here exactly as in timestamp columns.
+    return None if value is None else from_micros(to_micros(value)).isoformat()
+
+
+def _from_iso(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+# ---------------------------------------------------------------------------------------------- spec
+
+
+def spec_to_json(spec: TaskSpec) -> str:
+    """The JSON text of a whole ``TaskSpec``."""
+    retry = spec.retry
+    timeouts = spec.timeouts
+    res = spec.resources
+    doc = {
+        "command": list(spec.command),
+        "shell": spec.shell,
+        "env": dict(spec.env),
+        "workdir": spec.workdir,
+        "image": spec.image,
+        "resources": {"millicpu": res.millicpu, "memory": res.memory, "gpu": res.gpu},
+        "priority": spec.priority,
+        "tenant": spec.tenant,
+        "labels": dict(spec.labels),
+        "timeouts": {"queue": timeouts.queue, "run": timeouts.run, "deadline": _iso(timeouts.deadline)},
+        "retry": {
+            "max_attempts": retry.max_attempts,
+            "backoff_initial": retry.backoff_initial,
+            "backoff_max": retry.backoff_max,
+            "backoff_multiplier": retry.backoff_multiplier,
+            "jitter": retry.jitter,
+            "retry_on": sorted(retry.retry_on),
+            "max_infra_attempts": retry.max_infra_attempts,
+        },
+        "name": spec.name,
+    }
+    return orjson.dumps(doc, option=_DUMPS_OPTIONS).decode()
+
+
+def spec_from_json(text: str | bytes) -> TaskSpec:
+    """The ``TaskSpec`` of JSON written by ``spec_to_json``."""
+    doc: dict[str, Any] = orjson.loads(text)
+    res = doc.get("resources") or {}
+    timeouts = doc.get("timeouts") or {}
+    retry = doc.get("retry")
+    queue, run, deadline = timeouts.get("queue"), timeouts.get("run"), timeouts.get("deadline")
+    return TaskSpec(
+        command=tuple(doc["command"]),
+        shell=doc.get("shell", False),
+        env=doc.get("env") or {},
+        workdir=doc.get("workdir"),
+        image=doc.get("image"),
+        resources=Resources(int(res.get("millicpu", 0)), int(res.get("memory", 0)), int(res.get("gpu", 0))),
+        priority=doc.get("priority", 0),
+        tenant=doc.get("tenant", "default"),
+        labels=doc.get("labels") or {},
+        timeouts=_NO_TIMEOUTS
+        if queue is None and run is None and deadline is None
+        else Timeouts(queue=queue, run=run, deadline=_from_iso(deadline)),
+        retry=_retry_from_doc(retry) if retry else _DEFAULT_RETRY,
+        name=doc.get("name"),
+    )
+
+
+_NO_TIMEOUTS = Timeouts()
+_DEFAULT_RETRY = RetryPolicy()
+_FAILURE_CLASSES = {c.value: c for c in FailureClass}
+_TASK_STATES = {s.value: s for s in TaskState}
+_ATTEMPT_STATES = {s.value: s for s in AttemptState}
+
+
+def _retry_from_doc(doc: Mapping[str, Any]) -> RetryPolicy:
+    # Most tasks share a handful of policies: decode each once (loading a million tasks at start-up matters).
+    default = _DEFAULT_RETRY
+    retry_on = doc.get("retry_on")
+    return _retry_policy(
+        doc.get("max_attempts", default.max_attempts),
+        doc.get("backoff_initial", default.backoff_initial),
+        doc.get("backoff_max", default.backoff_max),
+        doc.get("backoff_multiplier", default.backoff_multiplier),
+        doc.get("jitter", default.jitter),
+        None if retry_on is None else tuple(retry_on),
+        doc.get("max_infra_attempts", default.max_infra_attempts),
+    )
+
+
+@functools.lru_cache(maxsize=1024, typed=True)
+def _retry_policy(
+    max_attempts: int,
+    backoff_initial: float,
+    backoff_max: float,
+    backoff_multiplier: float,
+    jitter: float,
+    retry_on: tuple[str, ...] | None,
+    max_infra_attempts: int,
+) -> RetryPolicy:
+    return RetryPolicy(
+        max_attempts=max_attempts,
+        backoff_initial=backoff_initial,
+        backoff_max=backoff_max,
+        backoff_multiplier=backoff_multiplier,
+        jitter=jitter,
+        retry_on=_DEFAULT_RETRY.retry_on if retry_on is None else frozenset(_FAILURE_CLASSES[c] for c in retry_on),
+        max_infra_attempts=max_infra_attempts,
+    )
+
+
+# ------------------------------------------------------------------------------------ pending reason
+
+
+def reason_to_json(reason: PendingReason | None) -> str | None:
+    """The JSON text of a ``PendingReason`` (``None`` stays ``None``)."""
+    if reason is None:
+        return None
+    doc = {"code": reason.code, "message": reason.message, "resource": reason.resource, "until": _iso(reason.until)}
+    return orjson.dumps(doc).decode()
+
+
+def reason_from_json(text: str | bytes | None) -> PendingReason | None:
+    """The ``PendingReason`` of JSON written by ``reason_to_json``."""
+    if text is None:
+        return None
+    doc: dict[str, Any] = orjson.loads(text)
+    return PendingReason(
+        code=doc["code"],
+        message=doc.get("message", ""),
+        resource=doc.get("resource"),
+        until=_from_iso(doc.get("until")),
+    )
+
+
+# --------------------------------------------------------------------------------------------- tasks
+
+
+def task_insert_row(task: Task, seq: int, request_hash: str | None) -> dict[str, Any]:
+    """The full ``tasks`` row of a new task with its store-assigned ``seq``."""
+    spec = task.spec
+    return {
+        "id": task.id,
+        "seq": seq,
+        "tenant": spec.tenant,
+        "state": task.state.value,
+        "priority": spec.priority,
+        "name": spec.name,
+        "idempotency_key": task.idempotency_key,
+        "request_hash": request_hash,
+        "spec": spec_to_json(spec),
+        "attempts": task.attempts,
+        "infra_failures": task.infra_failures,
+        "not_before": task.not_before,
+        "pending_reason": reason_to_json(task.pending_reason),
+        "failure_class": None if task.failure_class is None else task.failure_class.value,
+        "exit_code": task.exit_code,
+        "message": task.message,
+        "cancel_requested": task.cancel_requested,
+        "created_at": task.created_at,
+        "updated_at": task.updated_at,
+        "started_at": task.started_at,
+        "finished_at": task.finished_at,
+    }
+
+
+TASK_UPDATE_KEY = "b_id"
+"""The bind name of the task id in ``task_update_params`` (column names are taken by the SET clause)."""
+
+
+def task_update_params(task: Task) -> dict[str, Any]:
+    """The lifecycle columns of a task, keyed for the UPDATE by id.
+
+    The spec and what is copied from it (tenant, priority, name, labels), the idempotency key, ``created_at``
+    and ``seq`` are written once, at creation.
+    """
+    return {
+        TASK_UPDATE_KEY: task.id,
+        "state": task.state.value,
+        "attempts": task.attempts,
+        "infra_failures": task.infra_failures,
+        "not_before": task.not_before,
+        "pending_reason": reason_to_json(task.pending_reason),
+        "failure_class": None if task.failure_class is None else task.failure_class.value,
+        "exit_code": task.exit_code,
+        "message": task.message,
+        "cancel_requested": task.cancel_requested,
+        "updated_at": task.updated_at,
+        "started_at": task.started_at,
+        "finished_at": task.finished_at,
+    }
+
+
+def task_from_row(row: Sequence[Any]) -> Task:
+    """A ``Task`` from a row of the ``TASK_FIELDS`` columns (timestamps already decoded by the column type)."""
+    failure = row[9]
+    return Task(
+        id=row[0],
+        seq=row[1],
+        state=_TASK_STATES[row[2]],
+        idempotency_key=row[3],
+        spec=spec_from_json(row[4]),
+        attempts=row[5],
+        infra_failures=row[6],
+        not_before=row[7],
+        pending_reason=reason_from_json(row[8]),
+        failure_class=None if failure is None else _FAILURE_CLASSES[failure],
+        exit_code=row[10],
+        message=row[11],
+        cancel_requested=bool(row[12]),
+        created_at=row[13],
+        updated_at=row[14],
+        started_at=row[15],
+        finished_at=row[16],
+    )
+
+
+# ------------------------------------------------------------------------------------------ attempts
+
+
+def attempt_insert_row(attempt: Attempt) -> dict[str, Any]:
+    """The full ``attempts`` row of an attempt."""
+    return {
+        "task_id": attempt.task_id,
+        "number": attempt.number,
+        "state": attempt.state.value,
+        "node": attempt.node,
+        "pid": attempt.pid,
+        "created_at": attempt.created_at,
+        "started_at": attempt.started_at,
+        "finished_at": attempt.finished_at,
+        "exit_code": attempt.exit_code,
+        "signal": attempt.signal,
+        "failure_class": None if attempt.failure_class is None else attempt.failure_class.value,
+        "message": attempt.message,
+        "peak_memory": attempt.peak_memory,
+        "cpu_seconds": attempt.cpu_seconds,
+        "log_truncated": attempt.log_truncated,
+    }
+
+
+ATTEMPT_UPDATE_KEYS = ("b_task_id", "b_number")
+"""The bind names of an attempt's key in ``attempt_update_params``."""
+
+
+def attempt_update_params(attempt: Attempt) -> dict[str, Any]:
+    """Every column of an attempt but its key and ``created_at``, keyed for the UPDATE by (task_id, number)."""
+    return {
+        "b_task_id": attempt.task_id,
+        "b_number": attempt.number,
+        "state": attempt.state.value,
+        "node": attempt.node,
+        "pid": attempt.pid,
+        "started_at": attempt.started_at,
+        "finished_at": attempt.finished_at,
+        "exit_code": attempt.exit_code,
+        "signal": attempt.signal,
+        "failure_class": None if attempt.failure_class is None else attempt.failure_class.value,
+        "message": attempt.message,
+        "peak_memory": attempt.peak_memory,
+        "cpu_seconds": attempt.cpu_seconds,
+        "log_truncated": attempt.log_truncated,
+    }
+
+
+def attempt_from_row(row: Sequence[Any]) -> Attempt:
+    """An ``Attempt`` from a row of the ``ATTEMPT_FIELDS`` columns."""
+    failure = row[10]
+    return Attempt(
+        task_id=row[0],
+        number=row[1],
+        state=_ATTEMPT_STATES[row[2]],
+        node=row[3],
+        created_at=row[4],
+        started_at=row[5],
+        finished_at=row[6],
+        pid=row[7],
+        exit_code=row[8],
+        signal=row[9],
+        failure_class=None if failure is None else _FAILURE_CLASSES[failure],
+        message=row[11],
+        peak_memory=row[12],
+        cpu_seconds=row[13],
+        log_truncated=bool(row[14]),
+    )
+
+
+# -------------------------------------------------------------------------------------------- events
+
+
+def event_insert_row(event: TaskEvent) -> dict[str, Any]:
+    """The ``task_events`` row of an event; its ``seq`` is assigned by the database."""
+    return {
+        "task_id": event.task_id,
+        "at": event.at,
+        "type": event.type,
+        "from_state": None if event.from_state is None else event.from_state.value,
+        "to_state": None if event.to_state is None else event.to_state.value,
+        "attempt": event.attempt,
+        "data": orjson.dumps(event.data, option=_DUMPS_OPTIONS).decode(),
+    }
+
+
+def event_from_row(row: Sequence[Any]) -> TaskEvent:
+    """A ``TaskEvent`` from a row of the ``EVENT_FIELDS`` columns."""
+    from_state, to_state = row[4], row[5]
+    return TaskEvent(
+        seq=row[0],
+        task_id=row[1],
+        at=row[2],
+        type=row[3],
+        from_state=None if from_state is None else _TASK_STATES[from_state],
+        to_state=None if to_state is None else _TASK_STATES[to_state],
+        attempt=row[6],
+        data=orjson.loads(row[7]),
+    )

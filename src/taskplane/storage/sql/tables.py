@@ -1,0 +1,168 @@
+"""The SQL schema as SQLAlchemy Core tables; Alembic migrations create it (``storage/migrations``).
+
+Timestamps are stored as integer microseconds since the Unix epoch (UTC): portable, sortable and cheap on both
+SQLite and PostgreSQL. Structured values (the task spec, pending reasons, event data) are JSON text.
+
+    tasks 1---* task_labels      labels of a task, for label filters
+    tasks 1---* attempts         one row per run, key (task_id, number)
+    tasks 1---* task_events      the outbox, ordered by seq
+    meta                         counters (task_seq, epoch) and schema facts
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.types import TypeDecorator
+
+from taskplane.errors import InvalidRequestError
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def to_micros(value: datetime) -> int:
+    """Microseconds since the Unix epoch of a timezone-aware datetime; naive datetimes are refused."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidRequestError(
+            f"naive datetime {value.isoformat()}: timestamps must be timezone-aware", code="naive_datetime"
+        )
+    return (value - EPOCH) // _MICROSECOND
+
+
+def from_micros(value: int) -> datetime:
+    """The UTC datetime of a count of microseconds since the Unix epoch."""
+    return EPOCH + timedelta(microseconds=value)
+
+
+class UtcMicros(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime stored as BIGINT microseconds since the epoch. Naive values are refused."""
+
+    impl = BigInteger
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> int | None:
+        """Python to database: aware datetime to microseconds."""
+        return None if value is None else to_micros(value)
+
+    def process_result_value(self, value: Any | None, dialect: Dialect) -> datetime | None:
+        """Database to Python: microseconds to an aware UTC datetime."""
+        return None if value is None else from_micros(int(value))
+
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY (the rowid); PostgreSQL gets a BIGSERIAL-like identity.
+AutoBigInteger = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData()
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("tenant", String, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("name", String, nullable=True),
+    Column("idempotency_key", String, nullable=True),
+    Column("request_hash", String, nullable=True),
+    Column("spec", Text, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("infra_failures", Integer, nullable=False),
+    Column("not_before", UtcMicros, nullable=True),
+    Column("pending_reason", Text, nullable=True),
+    Column("failure_class", String(16), nullable=True),
+    Column("exit_code", Integer, nullable=True),
+    Column("message", Text, nullable=True),
+    Column("cancel_requested", Boolean, nullable=False),
+    Column("created_at", UtcMicros, nullable=False),
+    Column("updated_at", UtcMicros, nullable=False),
+    Column("started_at", UtcMicros, nullable=True),
+    Column("finished_at", UtcMicros, nullable=True),
+    UniqueConstraint("seq", name="uq_tasks_seq"),
+    # The idempotency decision: one task per (tenant, key), forever. NULL keys never collide.
+    UniqueConstraint("tenant", "idempotency_key", name="uq_tasks_tenant_idempotency_key"),
+    Index("ix_tasks_state_seq", "state", "seq"),
+    Index("ix_tasks_tenant_seq", "tenant", "seq"),
+    Index("ix_tasks_created_at", "created_at"),
+)
+
+task_labels = Table(
+    "task_labels",
+    metadata,
+    Column("task_id", String(32), ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False),
+    Column("key", String, nullable=False),
+    Column("value", String, nullable=False),
+    PrimaryKeyConstraint("task_id", "key", name="pk_task_labels"),
+    Index("ix_task_labels_key_value_task", "key", "value", "task_id"),
+)
+
+attempts = Table(
+    "attempts",
+    metadata,
+    Column("task_id", String(32), ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("node", String, nullable=False),
+    Column("pid", Integer, nullable=True),
+    Column("created_at", UtcMicros, nullable=False),
+    Column("started_at", UtcMicros, nullable=True),
+    Column("finished_at", UtcMicros, nullable=True),
+    Column("exit_code", Integer, nullable=True),
+    Column("signal", Integer, nullable=True),
+    Column("failure_class", String(16), nullable=True),
+    Column("message", Text, nullable=True),
+    Column("peak_memory", BigInteger, nullable=True),
+    Column("cpu_seconds", Float, nullable=True),
+    Column("log_truncated", Boolean, nullable=False),
+    PrimaryKeyConstraint("task_id", "number", name="pk_attempts"),
+    Index("ix_attempts_state", "state"),
+)
+
+task_events = Table(
+    "task_events",
+    metadata,
+    Column("seq", AutoBigInteger, primary_key=True, autoincrement=True),
+    Column("task_id", String(32), ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False),
+    Column("at", UtcMicros, nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("from_state", String(16), nullable=True),
+    Column("to_state", String(16), nullable=True),
+    Column("attempt", Integer, nullable=True),
+    Column("data", Text, nullable=False),
+    Index("ix_task_events_task_seq", "task_id", "seq"),
+    sqlite_autoincrement=True,  # never reuse a seq, even after old events are pruned
+)
+
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)
+
+META_TASK_SEQ = "task_seq"
+"""The last ``tasks.seq`` handed out."""
+
+META_EPOCH = "epoch"
+"""The server epoch, a fencing token bumped by every server start."""
+
+META_SCHEMA_GENERATION = "schema_generation"
+"""The schema generation the data was written with (1 = migration 0001)."""

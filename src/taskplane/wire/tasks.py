@@ -1,0 +1,236 @@
+"""Wire models for tasks, capacity and problems (RFC 9457).
+
+Input models forbid unknown fields and use strict types (``true`` is not an integer). Quantities accept the
+Kubernetes forms (``"500m"``, ``"256Mi"``) or plain numbers; durations accept seconds or ``"30s"``/``"5m"``.
+Semantic checks (ranges, sizes, fit) happen in ``services`` so the CLI and API give the same messages.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+
+Quantity = StrictInt | StrictFloat | StrictStr
+Duration = StrictInt | StrictFloat | StrictStr
+
+_IN = ConfigDict(extra="forbid", strict=False, frozen=True)
+_OUT = ConfigDict(extra="ignore", frozen=True)
+
+
+class ResourcesIn(BaseModel):
+    """Requested resources. Missing fields take the server's defaults; all zero means best-effort."""
+
+    model_config = _IN
+
+    cpu: Quantity | None = Field(default=None, description="cores: 2, 0.5, or '500m'")
+    memory: Quantity | None = Field(default=None, description="bytes, or '256Mi', '1G'")
+    gpu: StrictInt | None = Field(default=None, ge=0)
+
+
+class TimeoutsIn(BaseModel):
+    """Time limits: ``queue`` (time pending), ``run`` (per attempt), ``deadline`` (absolute, whole task)."""
+
+    model_config = _IN
+
+    queue: Duration | None = None
+    run: Duration | None = None
+    deadline: AwareDatetime | None = None
+
+
+FailureClassName = Literal["user", "infra", "timeout", "preempted"]
+
+
+class RetryIn(BaseModel):
+    """Retry policy. ``max_attempts`` counts the first run. Infra failures retry on their own budget."""
+
+    model_config = _IN
+
+    max_attempts: StrictInt = Field(default=1, ge=1, le=100)
+    backoff: Duration | None = Field(default=None, description="initial delay, default 1s")
+    backoff_max: Duration | None = Field(default=None, description="largest delay, default 300s")
+    backoff_multiplier: StrictInt | StrictFloat = Field(default=2.0, ge=1.0, le=10.0)
+    jitter: StrictInt | StrictFloat = Field(default=0.2, ge=0.0, le=1.0)
+    retry_on: list[FailureClassName] | None = Field(default=None, description="default: user, infra")
+
+
+class TaskSubmit(BaseModel):
+    """A task to run."""
+
+    model_config = _IN
+
+    command: list[StrictStr] = Field(description="argv; executed without a shell unless shell is true")
+    shell: StrictBool = False
+    env: dict[StrictStr, StrictStr] = Field(default_factory=dict)
+    workdir: StrictStr | None = Field(default=None, description="relative to the task's sandbox")
+    image: StrictStr | None = None
+    resources: ResourcesIn | None = None
+    priority: StrictInt = Field(default=0, ge=-1000, le=1000)
+    tenant: Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")] = "default"
+    labels: dict[StrictStr, StrictStr] = Field(default_factory=dict)
+    name: StrictStr | None = Field(default=None, max_length=256)
+    timeouts: TimeoutsIn | None = None
+    retry: RetryIn | None = None
+    idempotency_key: StrictStr | None = Field(default=None, min_length=1, max_length=256)
+
+
+class BatchSubmit(BaseModel):
+    """Up to ``max_batch`` (default 1,000) tasks created in one transaction."""
+
+    model_config = _IN
+
+    tasks: list[TaskSubmit]
+
+
+class ResourcesOut(BaseModel):
+    """Resources in both human (``cpu``, ``memory``) and integer (``millicpu``, ``memory_bytes``) form."""
+
+    model_config = _OUT
+
+    cpu: str
+    memory: str
+    gpu: int
+    millicpu: int
+    memory_bytes: int
+
+
+class PendingReasonOut(BaseModel):
+    """Why a task is not running."""
+
+    model_config = _OUT
+
+    code: str
+    message: str
+    resource: str | None = None
+    until: datetime | None = None
+
+
+class AttemptOut(BaseModel):
+    """One run of a task."""
+
+    model_config = _OUT
+
+    number: int
+    state: str
+    node: str
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    pid: int | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    failure_class: str | None = None
+    message: str | None = None
+    peak_memory: int | None = None
+    cpu_seconds: float | None = None
+    log_truncated: bool = False
+
+
+class EventOut(BaseModel):
+    """A recorded transition of a task."""
+
+    model_config = _OUT
+
+    seq: int
+    at: datetime
+    type: str
+    from_state: str | None = None
+    to_state: str | None = None
+    attempt: int | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class TaskOut(BaseModel):
+    """A task as the API reports it."""
+
+    model_config = _OUT
+
+    id: str
+    name: str | None = None
+    tenant: str
+    state: str
+    priority: int
+    command: list[str]
+    shell: bool
+    env: dict[str, str]
+    workdir: str | None = None
+    image: str | None = None
+    resources: ResourcesOut
+    labels: dict[str, str]
+    timeouts: dict[str, Any]
+    retry: dict[str, Any]
+    idempotency_key: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    attempt_count: int = 0
+    exit_code: int | None = None
+    failure_class: str | None = None
+    message: str | None = None
+    pending_reason: PendingReasonOut | None = None
+    queue_position: int | None = None
+    cancel_requested: bool = False
+    attempts: list[AttemptOut] | None = None
+
+
+class BatchSubmitResult(BaseModel):
+    """The created (or, for reused idempotency keys, existing) tasks, in request order."""
+
+    model_config = _OUT
+
+    tasks: list[TaskOut]
+    created: list[bool]
+
+
+class TaskList(BaseModel):
+    """A page of tasks, newest first."""
+
+    model_config = _OUT
+
+    items: list[TaskOut]
+    next_cursor: str | None = None
+
+
+class NodeCapacityOut(BaseModel):
+    """One node's capacity."""
+
+    model_config = _OUT
+
+    node: str
+    executor: str
+    total: ResourcesOut
+    allocated: ResourcesOut
+    free: ResourcesOut
+    running_tasks: int
+    max_tasks: int
+    cgroups: str
+    warnings: list[str] = Field(default_factory=list)
+
+
+class CapacityOut(BaseModel):
+    """Capacity of the platform: per node and summed."""
+
+    model_config = _OUT
+
+    nodes: list[NodeCapacityOut]
+    total: ResourcesOut
+    allocated: ResourcesOut
+    free: ResourcesOut
+    pending_tasks: int
+    running_tasks: int
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document with a stable ``code``."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    code: str
+    instance: str | None = None
+    errors: list[dict[str, Any]] | None = None

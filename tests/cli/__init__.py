@@ -1,0 +1,1 @@
+"""Tests of the taskplane command line (no server: the SDK on a mock transport)."""

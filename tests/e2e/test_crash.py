@@ -1,0 +1,75 @@
+"""Crash safety: kill -9 the server with 50 tasks running and 500 pending, restart it, lose nothing.
+
+The same test runs on the embedded SQLite default and on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+from .conftest import running_server
+from .helpers import wait_state
+
+RUNNING, PENDING = 50, 500
+
+
+def fetch_all(client: httpx.Client, ids: list[str]) -> dict[str, dict]:
+    return {i: client.get(f"/platform/tasks/{i}").json() for i in ids}
+
+
+def test_kill9_restart_adopts_running_and_runs_pending(tmp_path, backend_url):
+    data = tmp_path / "data"
+    settings = {"node_cpu": str(RUNNING), "node_memory": "64Gi", "kill_grace": "1"}
+    with running_server(data, backend_url, **settings) as server, server.client() as client:
+        # 10 exit while the server is down (exit 40+i), 40 exit after the restart (exit i % 5).
+        early = [
+            {"command": ["sh", "-c", f"sleep 1.5; exit {40 + i}"], "resources": {"cpu": 1}, "labels": {"g": "early"}}
+            for i in range(10)
+        ]
+        late = [
+            {"command": ["sh", "-c", f"sleep 6; exit {i % 5}"], "resources": {"cpu": 1}, "labels": {"g": "late"}}
+            for i in range(RUNNING - 10)
+        ]
+        first = client.post("/platform/tasks/batch", json={"tasks": early + late}).json()["tasks"]
+        running_ids = [t["id"] for t in first]
+        for task_id in running_ids:
+            wait_state(client, task_id, {"running"}, timeout=60)
+        pending_body = [{"command": ["true"], "resources": {"cpu": 1}, "labels": {"g": "pending"}}] * PENDING
+        pending_ids = [t["id"] for t in client.post("/platform/tasks/batch", json={"tasks": pending_body}).json()["tasks"]]
+        before = fetch_all(client, running_ids)
+        assert all(t["state"] == "running" for t in before.values())
+        pids = {i: t["attempts"][0]["pid"] for i, t in before.items()}
+        assert client.get(f"/platform/tasks/{pending_ids[0]}").json()["state"] == "pending"
+
+        server.kill9()
+        time.sleep(2.5)  # the early ten exit while nobody listens
+        server.start()
+
+        for task_id in running_ids + pending_ids:
+            wait_state(client, task_id, {"succeeded", "failed", "cancelled", "timed_out"}, timeout=120)
+        after = fetch_all(client, running_ids + pending_ids)
+
+    for i, task_id in enumerate(running_ids):
+        task = after[task_id]
+        assert task["attempt_count"] == 1, f"re-adopted task was restarted: {task}"
+        [attempt] = task["attempts"]
+        assert attempt["pid"] == pids[task_id], "a different process finished the task"
+        expected = 40 + i if i < 10 else (i - 10) % 5
+        assert attempt["exit_code"] == expected, task
+        assert task["state"] == ("succeeded" if expected == 0 else "failed")
+    for task_id in pending_ids:
+        task = after[task_id]
+        assert task["state"] == "succeeded" and task["attempt_count"] == 1, task
+    # Never more than the node's capacity ran at once: check that attempts' intervals never overlap past 50.
+    spans = []
+    for task in after.values():
+        for a in task["attempts"]:
+            spans.append((a["started_at"], 1))
+            spans.append((a["finished_at"], -1))
+    live = peak = 0
+    for _, delta in sorted(spans, key=lambda s: (s[0], s[1])):
+        live += delta
+        peak = max(peak, live)
+    assert peak <= RUNNING

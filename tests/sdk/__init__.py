@@ -1,0 +1,1 @@
+"""Tests of the Python SDK (no server: a scripted API behind httpx.MockTransport)."""

@@ -1,0 +1,101 @@
+"""Storage fixtures: one ``store`` per test, over SQLite (a temp file) and PostgreSQL (a fresh schema)."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from taskplane.domain.task import Attempt, AttemptState, Task, TaskSpec, TaskState
+from taskplane.services.ports import NewTask, TaskEvent
+from taskplane.storage import SqlTaskStore, create_task_store, upgrade_database
+from tests.support.services import postgres_schema
+
+T0 = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated, empty database: a SQLite file, or a PostgreSQL schema of its own."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'db' / 'taskplane.db'}"
+        upgrade_database(url)
+        yield url
+        return
+    with postgres_schema() as url:
+        upgrade_database(url)
+        yield url
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[SqlTaskStore]:
+    s = create_task_store(store_url)
+    yield s
+    await s.close()
+
+
+_ids = itertools.count(1)
+
+
+@dataclass
+class TaskBuilder:
+    """``task().tenant("a").labels(team="x").build()``: a valid pending task, changed one fact at a time."""
+
+    spec: dict[str, Any] = field(default_factory=lambda: {"command": ("echo", "hi")})
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def tenant(self, tenant: str) -> TaskBuilder:
+        self.spec["tenant"] = tenant
+        return self
+
+    def labels(self, **labels: str) -> TaskBuilder:
+        self.spec["labels"] = labels
+        return self
+
+    def key(self, key: str) -> TaskBuilder:
+        self.fields["idempotency_key"] = key
+        return self
+
+    def state(self, state: TaskState) -> TaskBuilder:
+        self.fields["state"] = state
+        return self
+
+    def at(self, created: datetime) -> TaskBuilder:
+        self.fields["created_at"] = created
+        self.fields["updated_at"] = created
+        return self
+
+    def build(self) -> Task:
+        task_id = uuid.uuid4().hex
+        n = next(_ids)
+        values: dict[str, Any] = {
+            "id": task_id,
+            "spec": TaskSpec(**self.spec),
+            "state": TaskState.PENDING,
+            "created_at": T0 + timedelta(seconds=n),
+            "updated_at": T0 + timedelta(seconds=n),
+        }
+        values.update(self.fields)
+        return Task(**values)
+
+    def new(self, request_hash: str | None = "h1") -> NewTask:
+        return NewTask(self.build(), request_hash)
+
+
+def task() -> TaskBuilder:
+    return TaskBuilder()
+
+
+def created_event(t: Task) -> TaskEvent:
+    return TaskEvent(task_id=t.id, at=t.created_at, type="created", to_state=t.state)
+
+
+def attempt(t: Task, number: int = 1, **changes: Any) -> Attempt:
+    base = Attempt(task_id=t.id, number=number, state=AttemptState.STARTING, node="node-1", created_at=T0)
+    return replace(base, **changes)
