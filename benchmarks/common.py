@@ -14,8 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.support.server import ServerProcess  # noqa: E402
-from tests.support.supervisor import kill_supervisor  # noqa: E402
+from tests.support.server import ServerProcess
+from tests.support.supervisor import kill_supervisor
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ import argparse
 import time
 
 import httpx
+
 from common import floor_seconds, machine, server
 
 

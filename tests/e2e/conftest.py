@@ -25,7 +25,9 @@ def running_server(data_dir: Path, database_url: str | None = None, **settings: 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One embedded-default server (SQLite) shared by a module's tests; 4 cores and 8Gi of node capacity."""
-    with running_server(tmp_path_factory.mktemp("server"), node_cpu="4", node_memory="8Gi", kill_grace="2", log_limit="1Mi") as s:
+    with running_server(
+        tmp_path_factory.mktemp("server"), node_cpu="4", node_memory="8Gi", kill_grace="2", log_limit="1Mi"
+    ) as s:
         yield s
 
 

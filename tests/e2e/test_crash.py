@@ -37,7 +37,9 @@ def test_kill9_restart_adopts_running_and_runs_pending(tmp_path, backend_url):
         for task_id in running_ids:
             wait_state(client, task_id, {"running"}, timeout=60)
         pending_body = [{"command": ["true"], "resources": {"cpu": 1}, "labels": {"g": "pending"}}] * PENDING
-        pending_ids = [t["id"] for t in client.post("/platform/tasks/batch", json={"tasks": pending_body}).json()["tasks"]]
+        pending_ids = [
+            t["id"] for t in client.post("/platform/tasks/batch", json={"tasks": pending_body}).json()["tasks"]
+        ]
         before = fetch_all(client, running_ids)
         assert all(t["state"] == "running" for t in before.values())
         pids = {i: t["attempts"][0]["pid"] for i, t in before.items()}

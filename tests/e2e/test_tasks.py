@@ -44,7 +44,9 @@ def test_shell_when_asked(client):
 
 
 def test_env_and_workdir(client):
-    task = submit(client, ["sh", "-c", 'echo "$GREETING $TASKPLANE_TASK_ID"; pwd'], env={"GREETING": "hi"}, workdir="sub/dir")
+    task = submit(
+        client, ["sh", "-c", 'echo "$GREETING $TASKPLANE_TASK_ID"; pwd'], env={"GREETING": "hi"}, workdir="sub/dir"
+    )
     wait_done(client, task["id"])
     out = client.get(f"/platform/tasks/{task['id']}/logs").text.splitlines()
     assert out[0] == f"hi {task['id']}"
@@ -142,7 +144,10 @@ def test_idempotency_key(client):
 
 
 def test_batch_and_list_filters_and_pagination(client):
-    tasks = [{"command": ["true"], "labels": {"batch": "b1", "n": str(i)}, "resources": {"cpu": 0, "memory": 0}} for i in range(25)]
+    tasks = [
+        {"command": ["true"], "labels": {"batch": "b1", "n": str(i)}, "resources": {"cpu": 0, "memory": 0}}
+        for i in range(25)
+    ]
     resp = client.post("/platform/tasks/batch", json={"tasks": tasks})
     assert resp.status_code == 201
     ids = [t["id"] for t in resp.json()["tasks"]]

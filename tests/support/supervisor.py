@@ -36,10 +36,14 @@ def kill_supervisor(state_dir: Path) -> None:
             os.killpg(child, signal.SIGKILL)  # tasks lead their own process group
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+    # A zombie still answers kill(pid, 0): wait until the process is gone or no longer running.
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+            with open(f"/proc/{pid}/stat") as fh:
+                state = fh.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return
+        if state in ("Z", "X"):
             return
         time.sleep(0.02)

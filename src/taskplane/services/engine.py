@@ -42,7 +42,7 @@ from taskplane.domain.task import (
     Task,
     TaskState,
 )
-from taskplane.errors import InvalidTransitionError, NotFoundError, TaskplaneError, UnavailableError
+from taskplane.errors import ConflictError, InvalidTransitionError, NotFoundError, TaskplaneError, UnavailableError
 from taskplane.scheduler import Candidate, NodeSnapshot, schedule
 from taskplane.services.ports import (
     ChangeSet,
@@ -431,15 +431,25 @@ class Engine:
     async def _commit(self, changes: ChangeSet) -> None:
         if not (changes.tasks or changes.new_attempts or changes.attempts or changes.events):
             return
-        delay = 0.05
+        delay, tries = 0.05, 0
         while True:
+            tries += 1
             try:
                 await self._store.apply(changes)
                 return
             except UnavailableError as exc:  # the database is down: keep the decisions and retry; tasks keep running
                 log.warning("could not record engine step (%s); retrying in %.2fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._config.db_retry_max)
+            except ConflictError:
+                if tries > 1:
+                    # The connection broke during an earlier try's COMMIT, which had in fact landed: the attempts
+                    # it inserted now conflict. The rows are written; nothing is lost.
+                    log.warning("an earlier try of this commit had landed; carrying on")
+                    return
+                log.exception("the database refused an engine step; retrying in %.2fs", delay)
+            except Exception:  # a bug: never drop decisions (their acks would lose exits); keep trying, loudly
+                log.exception("could not record engine step; retrying in %.2fs", delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._config.db_retry_max)
 
     async def _after_commit(self, batch: _Batch) -> None:
         try:

@@ -14,13 +14,15 @@ class ReadyQueue:
 
     Removal is lazy: ``discard`` forgets membership and iteration skips the stale entry, so cancelling a
     queued task and placing the head are both O(1) amortised, and a scheduling cycle that places k tasks
-    costs O(k) whatever the queue length.
+    costs O(k) whatever the queue length. Each push gets a fresh token, so a task discarded and pushed again
+    is yielded once, from its new place.
     """
 
     def __init__(self) -> None:
-        self._lanes: dict[int, deque[str]] = {}
+        self._lanes: dict[int, deque[tuple[str, int]]] = {}
         self._order: list[int] = []  # priorities, highest first
-        self._members: set[str] = set()
+        self._members: dict[str, int] = {}  # task id -> token of its live entry
+        self._tokens = itertools.count()
 
     def __len__(self) -> int:
         return len(self._members)
@@ -29,26 +31,27 @@ class ReadyQueue:
         return task_id in self._members
 
     def push(self, task_id: str, priority: int) -> None:
-        """Queue a task at the back of its priority lane."""
+        """Queue a task at the back of its priority lane (no-op when already queued)."""
         if task_id in self._members:
             return
         lane = self._lanes.get(priority)
         if lane is None:
             lane = self._lanes[priority] = deque()
             self._order = sorted(self._lanes, reverse=True)
-        lane.append(task_id)
-        self._members.add(task_id)
+        token = next(self._tokens)
+        lane.append((task_id, token))
+        self._members[task_id] = token
 
     def discard(self, task_id: str) -> None:
         """Forget a task (placed, cancelled, timed out); its lane entry is dropped lazily."""
-        self._members.discard(task_id)
+        self._members.pop(task_id, None)
 
     def __iter__(self) -> Iterator[str]:
         """Members in queue order. Do not push or discard while iterating."""
         members = self._members
         for priority in self._order:
-            for task_id in self._lanes[priority]:
-                if task_id in members:
+            for task_id, token in self._lanes[priority]:
+                if members.get(task_id) == token:
                     yield task_id
 
     def compact(self) -> None:
@@ -56,7 +59,7 @@ class ReadyQueue:
         members = self._members
         for priority in list(self._order):
             lane = self._lanes[priority]
-            while lane and lane[0] not in members:
+            while lane and members.get(lane[0][0]) != lane[0][1]:
                 lane.popleft()
             if not lane:
                 del self._lanes[priority]
