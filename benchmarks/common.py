@@ -50,6 +50,14 @@ def memory_kib(pid: int) -> tuple[int, int]:
     return rss, pss
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (from /proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
 def floor_seconds(n: int = 2000) -> float:
     """The process-creation floor: ``seq N | xargs -P2 -n1 sh -c true``."""
     started = time.perf_counter()

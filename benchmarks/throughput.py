@@ -11,15 +11,17 @@ import time
 
 import httpx
 
-from common import floor_seconds, machine, server
+from common import cpu_seconds, floor_seconds, machine, server, supervisor_pid
 
 
 def run(tasks: int, database_url: str | None) -> dict[str, float]:
     floor = floor_seconds(tasks)
     # Default requests (1 cpu each) on a 2-cpu node: exactly two run at once.
     with server(database_url, node_cpu="2", node_memory="8Gi") as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+        sup = supervisor_pid(srv)
+        assert srv.proc is not None and sup is not None
+        cpu_before = (cpu_seconds(srv.proc.pid), cpu_seconds(sup))
         started = time.perf_counter()
-        body = {"tasks": [{"command": ["true"]}] * 1000}
         ids: list[str] = []
         for offset in range(0, tasks, 1000):
             body = {"tasks": [{"command": ["true"]}] * min(1000, tasks - offset)}
@@ -33,6 +35,8 @@ def run(tasks: int, database_url: str | None) -> dict[str, float]:
                 break
             time.sleep(0.01)
         elapsed = time.perf_counter() - started
+        server_cpu = cpu_seconds(srv.proc.pid) - cpu_before[0]
+        supervisor_cpu = cpu_seconds(sup) - cpu_before[1]
         # Verify every task is durably recorded as succeeded (not timed).
         done, cursor = 0, None
         while True:
@@ -53,6 +57,9 @@ def run(tasks: int, database_url: str | None) -> dict[str, float]:
         "taskplane_tasks_per_s": tasks / elapsed,
         "submit_s": submitted,
         "ratio_to_floor": floor / elapsed,
+        "server_cpu_ms_per_task": server_cpu / tasks * 1000,
+        "supervisor_cpu_ms_per_task": supervisor_cpu / tasks * 1000,
+        "floor_wall_ms_per_task_per_slot": floor / tasks * 2 * 1000,
     }
 
 

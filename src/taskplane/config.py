@@ -35,11 +35,12 @@ class Settings(BaseSettings):
     max_tasks_per_node: int | None = Field(default=None, ge=1)  # default: bounded by the fd limit
     default_cpu: str = "1"
     default_memory: str = "256Mi"
-    log_limit: str = "64Mi"  # per stream per attempt
+    # Per stream per attempt. Enforced with RLIMIT_FSIZE, so it also caps any single file a task writes.
+    log_limit: str = "1Gi"
     kill_grace: float = Field(default=10.0, ge=0, le=3600)
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     max_batch_body_bytes: int = Field(default=64 << 20, ge=1024)
-    max_batch: int = Field(default=1000, ge=1)
+    max_batch: int = Field(default=1000, ge=1, le=1000)
     max_argv_bytes: int = Field(default=128 << 10, ge=1024)
     max_env_bytes: int = Field(default=128 << 10, ge=1024)
     cgroups: str = Field(default="auto", pattern="^(auto|v1|v2|none)$")

@@ -76,3 +76,11 @@ def test_backoff_is_bounded_and_grows(n, r):
     assert 0 <= d <= 60.0
     base = min(60.0, 2.0 ** (n - 1))
     assert base * 0.8 - 1e-9 <= d <= min(60.0, base * 1.2) + 1e-9
+
+
+def test_oom_counts_against_the_user_budget():
+    once = task().state(TaskState.RUNNING, attempts=1).build()
+    assert next_step(once, FailureClass.INFRA, T0, 0.5, infra_budget=False).state is TaskState.FAILED
+    twice = task().retries(1).state(TaskState.RUNNING, attempts=1).build()
+    step = next_step(twice, FailureClass.INFRA, T0, 0.5, infra_budget=False)
+    assert step.state is TaskState.PENDING and not step.counts_as_infra

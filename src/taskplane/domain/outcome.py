@@ -91,26 +91,36 @@ class NextStep:
 
 
 def next_step(
-    task: Task, failure: FailureClass | None, now: datetime, random_fraction: float, *, retryable: bool = True
+    task: Task,
+    failure: FailureClass | None,
+    now: datetime,
+    random_fraction: float,
+    *,
+    retryable: bool = True,
+    infra_budget: bool = True,
 ) -> NextStep:
-    """Decide the task's next state from its ended attempt's failure class and its retry policy."""
+    """Decide the task's next state from its ended attempt's failure class and its retry policy.
+
+    ``infra_budget=False`` makes an infra failure count against the user's ``max_attempts`` instead of the
+    separate infra budget: for failures the task itself likely caused again (an OOM kill at its own limit).
+    """
     if task.state is TaskState.CANCELLING or failure is FailureClass.CANCELLED:
         return NextStep(TaskState.CANCELLED, FailureClass.CANCELLED)
     if failure is None:
         return NextStep(TaskState.SUCCEEDED, None)
     policy = task.spec.retry
-    is_infra = failure in (FailureClass.INFRA, FailureClass.PREEMPTED)
+    is_infra = failure is FailureClass.PREEMPTED or (failure is FailureClass.INFRA and infra_budget)
     deadline = task.spec.timeouts.deadline
     final = TaskState.TIMED_OUT if failure is FailureClass.TIMEOUT else TaskState.FAILED
     if deadline is not None and now >= deadline:
         return NextStep(TaskState.TIMED_OUT, failure, counts_as_infra=is_infra)
     if failure is FailureClass.PREEMPTED:
         retry = True  # preemption never uses the user's budget
-    elif failure is FailureClass.INFRA:
+    elif failure is FailureClass.INFRA and infra_budget:
         retry = retryable and failure in policy.retry_on and task.infra_failures + 1 < policy.max_infra_attempts
     else:
         user_attempts = task.attempts - task.infra_failures
-        retry = failure in policy.retry_on and user_attempts < policy.max_attempts
+        retry = retryable and failure in policy.retry_on and user_attempts < policy.max_attempts
     if not retry:
         return NextStep(final, failure, counts_as_infra=is_infra)
     retry_number = task.attempts

@@ -302,25 +302,26 @@ class Engine:
         att = self._attempts.get((task_id, attempt))
         return att is not None and not att.state.terminal
 
-    def view(self, task_id: str) -> LiveView | None:
-        """The engine's live view of a task: its pending reason and queue position."""
+    def view(self, task_id: str, *, position: bool = True) -> LiveView | None:
+        """The engine's live view of a task: its pending reason and (if asked, O(queue)) queue position."""
         task = self._tasks.get(task_id)
         if task is None:
             return None
         if task.state is TaskState.ADMITTED:
             key = (task_id, task.attempts)
-            position = next((i for i, k in enumerate(self._queued) if k == key), None)
+            at = next((i for i, k in enumerate(self._queued) if k == key), None) if position else None
             node = self._node.node if self._node is not None else self._executor.name
             reason = PendingReason("node_queue", f"admitted to {node}; starts there as soon as capacity frees up")
-            return LiveView(task, reason, position)
+            return LiveView(task, reason, at)
         if task.state is not TaskState.PENDING:
             return LiveView(task, None, None)
         if task_id in self._parked:
             return LiveView(task, self._parked[task_id], None)
         if task.not_before is not None and task.not_before > self._clock.now():
             return LiveView(task, task.pending_reason, None)
-        position = self._ready.position(task_id)
-        if self._blocked is None or position is None:
+        queued = task_id in self._ready
+        position = self._ready.position(task_id) if position and queued else None
+        if self._blocked is None or not queued:
             return LiveView(task, PendingReason("queued", "waiting for the next scheduling cycle"), position)
         head, head_reason = self._blocked
         if head == task_id:
@@ -627,7 +628,14 @@ class Engine:
                 log_truncated=ev.log_truncated,
             )
         )
-        nxt = next_step(task, failure, now, self._rng.random(), retryable=outcome.retryable)
+        nxt = next_step(
+            task,
+            failure,
+            now,
+            self._rng.random(),
+            retryable=outcome.retryable,
+            infra_budget=not outcome.oom_killed,  # an OOM kill at the task's own limit would likely recur
+        )
         data: dict[str, Any] = {"exit_code": outcome.exit_code, "signal": outcome.signal, "message": message}
         if failure is not None:
             data["failure_class"] = failure.value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from taskplane.errors import UnavailableError
 from taskplane.services.engine import Engine
 from taskplane.services.ports import Executor, TaskStore
 from taskplane.services.tasks import TaskService
@@ -33,8 +34,6 @@ class Platform:
 
     async def check_ready(self) -> None:
         """Raise ``UnavailableError`` when the database cannot be reached or the engine is not running."""
-        from taskplane.errors import UnavailableError
-
         if not self.started:
             raise UnavailableError("the engine has not started")
         await self.store.ping()

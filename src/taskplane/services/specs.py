@@ -137,7 +137,10 @@ def _retry(sub: TaskSubmit) -> RetryPolicy:
     if r is None:
         return RetryPolicy()
     initial = 1.0 if r.backoff is None else q.parse_duration(r.backoff, field="retry.backoff")
-    maximum = 300.0 if r.backoff_max is None else q.parse_duration(r.backoff_max, field="retry.backoff_max")
+    if r.backoff_max is None:
+        maximum = max(300.0, initial)  # the default cap never undercuts an explicit initial delay
+    else:
+        maximum = q.parse_duration(r.backoff_max, field="retry.backoff_max")
     if maximum < initial:
         raise InvalidRequestError("retry.backoff_max must be >= retry.backoff", code="invalid_field", field="retry")
     retry_on = RetryPolicy().retry_on if r.retry_on is None else frozenset(FailureClass(c) for c in r.retry_on)

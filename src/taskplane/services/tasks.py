@@ -140,7 +140,7 @@ class TaskService:
         """One task with its attempts, live pending reason and queue position."""
         task = await self._load(task_id)
         attempts = await self._store.get_attempts(task_id)
-        view = self._engine.view(task_id) if task.state is TaskState.PENDING else None
+        view = self._engine.view(task_id) if task.state in (TaskState.PENDING, TaskState.ADMITTED) else None
         if view is None:
             return task_out(task, attempts)
         return task_out(task, attempts, reason=view.reason, queue_position=view.queue_position)
@@ -176,7 +176,11 @@ class TaskService:
             limit,
             cursor,
         )
-        return TaskList(items=[task_out(t) for t in page.items], next_cursor=page.next_cursor)
+        items = []
+        for task in page.items:
+            view = self._engine.view(task.id, position=False) if not task.state.terminal else None
+            items.append(task_out(task) if view is None else task_out(task, reason=view.reason))
+        return TaskList(items=items, next_cursor=page.next_cursor)
 
     async def events(self, task_id: str) -> list[EventOut]:
         """A task's recorded transitions, oldest first."""
