@@ -20,7 +20,11 @@ from tests.support.supervisor import kill_supervisor
 
 @contextlib.contextmanager
 def server(database_url: str | None = None, **settings: str) -> Iterator[ServerProcess]:
-    data = Path(tempfile.mkdtemp(prefix="tp-bench-"))
+    # Under the repository, on the same disk as a default data dir (~/.local/share): a churned /tmp can make
+    # file creation 10-30x slower here, which would measure the disk's history rather than taskplane.
+    scratch = Path(__file__).resolve().parent / ".data"
+    scratch.mkdir(exist_ok=True)
+    data = Path(tempfile.mkdtemp(prefix="tp-bench-", dir=scratch))
     srv = ServerProcess(data, database_url, **settings)
     try:
         srv.start()

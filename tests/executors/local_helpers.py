@@ -29,6 +29,7 @@ def launch(
     workdir: str | None = None,
     millicpu: int = 0,
     memory: int = 0,
+    gpu: int = 0,
     image: str | None = None,
 ) -> Launch:
     """A launch builder: ``launch("t1", "sh", "-c", "exit 3", memory=64 << 20)``."""
@@ -38,7 +39,7 @@ def launch(
         argv=argv,
         env=DEFAULT_ENV if env is None else env,
         workdir=workdir,
-        resources=Resources(millicpu=millicpu, memory=memory),
+        resources=Resources(millicpu=millicpu, memory=memory, gpu=gpu),
         image=image,
     )
 

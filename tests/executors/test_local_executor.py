@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import resource
+import shutil
 import signal
 import sys
 import time
@@ -111,7 +112,17 @@ async def test_stdout_and_stderr_go_to_their_files(harness: Harness) -> None:
     await rec.exits("t")
     assert ex.log_path("t", 1, LogStream.STDOUT).read_text() == "out\nout2\n"
     assert ex.log_path("t", 1, LogStream.STDERR).read_text() == "err\n"
-    assert ex.log_path("t", 1, LogStream.STDOUT) == ex.config.logs_dir / "t" / "1" / "stdout"
+    assert ex.log_path("t", 1, LogStream.STDOUT) == ex.config.logs_dir / "t.1.stdout"
+    assert sandbox_dir(ex.config.work_dir, "t", 1) == ex.config.work_dir / "t.1"
+
+
+async def test_a_logs_dir_removed_under_the_supervisor_is_made_again(harness: Harness) -> None:
+    ex, rec, _ = await harness.open()
+    shutil.rmtree(ex.config.logs_dir)
+    await ex.start([launch("t", "echo", "back")])
+    (ended,) = await rec.exits("t")
+    assert ended.outcome.exit_code == 0 and ended.outcome.spawn_error is None
+    assert ex.log_path("t", 1, LogStream.STDOUT).read_text() == "back\n"
 
 
 async def test_output_flood_is_capped_and_the_supervisor_stays_flat(harness: Harness) -> None:
@@ -250,6 +261,44 @@ async def test_memory_limit_is_enforced_and_oom_is_classified(harness: Harness) 
     assert fits.peak_memory is not None and fits.peak_memory >= 8 << 20
     assert "taskplane-" in ex.log_path("where", 1, LogStream.STDOUT).read_text()
     assert where.outcome.exit_code == 0
+
+
+def memory_cgroup_of(text: str) -> str:
+    """The memory cgroup path in a task's /proc/self/cgroup (v1)."""
+    return next(line.split(":", 2)[2] for line in text.splitlines() if ":memory:" in line)
+
+
+async def test_task_cgroups_are_pooled_and_reset_between_attempts(harness: Harness) -> None:
+    ex, rec, _ = await harness.open(harness.config(max_tasks=1))  # one at a time: each reuses the same slot
+    if ex.capacity().cgroups != "v1":
+        pytest.skip("checks v1 files")
+    show = "grep :memory: /proc/self/cgroup; cat /sys/fs/cgroup/memory$(grep :memory: /proc/self/cgroup | cut -d: -f3)"
+    hog = "x = b'x' * (256 << 20)"
+    await ex.start(
+        [
+            launch("big", sys.executable, "-c", "x = b'x' * (48 << 20)", memory=128 << 20, millicpu=100),
+            launch("oom", sys.executable, "-c", hog, memory=32 << 20, millicpu=100),
+            launch("small", "sh", "-c", f"{show}/memory.limit_in_bytes", memory=16 << 20, millicpu=100),
+            launch("shares", "sh", "-c", show.replace("memory", "cpu") + "/cpu.shares", millicpu=2000),
+        ]
+    )
+    big, oom, small, shares = await rec.exits("big", "oom", "small", "shares", timeout=20)
+    assert shares.outcome.exit_code == 0
+    assert big.peak_memory is not None and big.peak_memory >= 48 << 20 and not big.outcome.oom_killed
+    assert oom.outcome.oom_killed
+    # The same cgroup again: its peak was reset, the earlier OOM kill is not this attempt's, the limit is new.
+    assert not small.outcome.oom_killed and small.outcome.exit_code == 0
+    assert small.peak_memory is not None and small.peak_memory < 16 << 20
+    group, limit = ex.log_path("small", 1, LogStream.STDOUT).read_text().split()
+    assert int(limit) == 16 << 20 and "/slot-" in group
+    assert "/slot-" in ex.log_path("shares", 1, LogStream.STDOUT).read_text()
+    assert ex.log_path("shares", 1, LogStream.STDOUT).read_text().split()[-1] == "2048"
+    # One slot served them all (plus, at most, one the OOM-killed attempt left busy for a moment).
+    subtree = Path(f"/sys/fs/cgroup/memory{memory_cgroup_of(group)}").parent
+    assert len([d for d in subtree.iterdir() if d.is_dir() and d.name.startswith("slot-")]) <= 2
+    await ex.close()
+    assert await asyncio.to_thread(shutdown_supervisor, ex.config.state_dir)
+    assert not subtree.exists()  # the pool is removed when the supervisor exits
 
 
 async def test_best_effort_tasks_get_no_cgroup(harness: Harness) -> None:

@@ -8,7 +8,14 @@ from pathlib import Path
 import orjson
 import pytest
 
-from taskplane.executors.local.cgroups import Mount, cgroup_dir, parse_mountinfo, parse_proc_cgroup
+from taskplane.executors.local.cgroups import (
+    CgroupsV2,
+    Mount,
+    TaskCgroup,
+    cgroup_dir,
+    parse_mountinfo,
+    parse_proc_cgroup,
+)
 from taskplane.executors.local.config import LocalExecutorConfig
 from taskplane.executors.local.journal import Journal, replay
 from taskplane.executors.local.layout import MAX_SOCKET_PATH, check_task_id, check_workdir, socket_path
@@ -48,6 +55,30 @@ def test_replay_folds_starts_exits_acks_and_epochs() -> None:
     assert set(state.live) == {"c.1"}
     assert set(state.exited) == {"a.1"} and state.exited["a.1"]["exit_code"] == 7
     assert state.intents == {"d.1": ("d", 1)}
+
+
+def test_replay_tracks_the_queue_until_an_intent_start_or_exit() -> None:
+    state = replay(
+        [
+            line(t="queue", items=[["a", 1], ["b", 1], ["c", 1], ["d", 1], ["e", 1]]),
+            line(t="intent", items=[["a", 1]]),
+            line(t="intent", items=[["b", 1]]),
+            start("b"),
+            line(t="exit", task_id="c", attempt=1, at=2.0, never_started=True),  # stopped while queued
+        ]
+    )
+    assert list(state.queued) == ["d.1", "e.1"]
+    assert state.intents == {"a.1": ("a", 1)} and set(state.live) == {"b.1"} and set(state.exited) == {"c.1"}
+
+
+def test_compaction_keeps_the_queue(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    journal = Journal(path)
+    journal.open()
+    journal.append(line(t="queue", items=[["x", 1], ["y", 2]]) + b"\n")
+    journal.compact(journal.load())
+    journal.close()
+    assert list(Journal(path).load().queued.values()) == [("x", 1), ("y", 2)]
 
 
 def test_replay_skips_a_torn_last_line() -> None:
@@ -178,3 +209,23 @@ def test_parse_mountinfo_and_cgroup_dirs() -> None:
     assert cgroup_dir(v1["memory"], "/docker/abc/sub") == Path("/sys/fs/cgroup/memory/sub")
     assert cgroup_dir(v1["memory"], "/docker/abc") == Path("/sys/fs/cgroup/memory")
     assert cgroup_dir(v1["cpu"], "/x/y") == Path("/sys/fs/cgroup/cpu,cpuacct/x/y")
+
+
+class ScriptedV2(CgroupsV2):
+    """A v2 driver whose kernel counters are scripted: the pool's bookkeeping without a cgroup2 mount."""
+
+    def __init__(self, readings: list[tuple[int | None, int | None]]) -> None:
+        super().__init__(Path("/nonexistent/own"), "taskplane-test")
+        self.readings = readings
+
+    def _counters(self, cg: TaskCgroup) -> tuple[int | None, int | None]:
+        return self.readings.pop(0)
+
+
+def test_a_reused_cgroup_reports_only_its_own_oom_kills_and_peak() -> None:
+    # (memory.peak, oom_kill) at the end of three uses of one slot, v2 (whose peak cannot be reset).
+    driver = ScriptedV2([(100, 0), (300, 1), (200, 1)])
+    cg = TaskCgroup("slot-0", ("/x/slot-0",), "/x/slot-0", ("/x/slot-0/cgroup.procs",))
+    assert driver.usage(cg) == (100, False)  # a fresh slot: its peak is this use's
+    assert driver.usage(cg) == (300, True)  # raised the high-water mark; the counter moved
+    assert driver.usage(cg) == (None, False)  # below an earlier use's peak: unknown; the old kill is not its

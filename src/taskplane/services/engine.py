@@ -69,7 +69,7 @@ class EngineConfig:
 
     kill_grace: float = 10.0
     max_placements_per_step: int = 1000
-    node_queue: int = 0  # launches handed to a node beyond its free capacity, started there as slots free up
+    node_queue: int = 4  # launches handed to a node beyond its free capacity, started there as slots free up
     base_env: Mapping[str, str] | None = None  # variables every task gets (PATH, LANG, ...)
     db_retry_max: float = 5.0
 
@@ -150,7 +150,12 @@ class Engine:
         self._stop_reasons: dict[AttemptKey, StopReason] = {}
         self._allocated: Resources = ZERO  # what started attempts hold
         self._live_count = 0
-        self._queued: dict[AttemptKey, Resources] = {}  # admitted to the node's queue, not started yet
+        # Launches handed to the node's queue beyond free capacity. Their tasks stay pending (nothing is written)
+        # until the node starts them; attempt numbers are reserved so a number is never sent twice.
+        self._handoff: dict[AttemptKey, Resources] = {}
+        self._handed: dict[str, int] = {}  # task id -> attempt number in the handoff
+        self._reserved: dict[str, int] = {}  # task id -> highest attempt number ever sent
+        self._unqueueing: set[AttemptKey] = set()
         self._blocked: tuple[str, PendingReason] | None = None
         self._node: NodeCapacity | None = None
         # inbox
@@ -189,6 +194,14 @@ class Engine:
         seen: set[AttemptKey] = {(ev.task_id, ev.attempt) for ev in recovered.running}
         seen.update((ev.task_id, ev.attempt) for ev in recovered.exited)
         seen.update(recovered.queued)
+        for task_id, number in seen:
+            self._reserved[task_id] = max(number, self._reserved.get(task_id, 0))
+        for key in recovered.queued:
+            owner = self._tasks.get(key[0])
+            if owner is not None and owner.state is TaskState.PENDING and key[1] > owner.attempts:
+                self._hand_off(owner, key[1])
+            else:
+                self._batch.stops.append(key)  # nobody wants it any more
         self._events.extend(recovered.running)
         self._events.extend(recovered.exited)
         # An attempt the database thinks is live but the executor does not know was lost.
@@ -220,10 +233,7 @@ class Engine:
         if task.state is TaskState.PENDING:
             self._enqueue(task)
             return
-        if task.state is TaskState.ADMITTED:
-            self._queued[key] = task.spec.resources  # in the node's queue, unless the executor says otherwise
-        else:
-            self._allocate(task.spec.resources)
+        self._allocate(task.spec.resources)
         if task.state is TaskState.CANCELLING:
             self._stop_reasons[key] = StopReason.CANCEL
             self._batch.stops.append(key)
@@ -307,11 +317,12 @@ class Engine:
         task = self._tasks.get(task_id)
         if task is None:
             return None
-        if task.state is TaskState.ADMITTED:
-            key = (task_id, task.attempts)
-            at = next((i for i, k in enumerate(self._queued) if k == key), None) if position else None
+        number = self._handed.get(task_id)
+        if task.state is TaskState.PENDING and number is not None:
+            key = (task_id, number)
+            at = next((i for i, k in enumerate(self._handoff) if k == key), None) if position else None
             node = self._node.node if self._node is not None else self._executor.name
-            reason = PendingReason("node_queue", f"admitted to {node}; starts there as soon as capacity frees up")
+            reason = PendingReason("node_queue", f"next in line on {node}: starts there as soon as a slot frees up")
             return LiveView(task, reason, at)
         if task.state is not TaskState.PENDING:
             return LiveView(task, None, None)
@@ -320,16 +331,17 @@ class Engine:
         if task.not_before is not None and task.not_before > self._clock.now():
             return LiveView(task, task.pending_reason, None)
         queued = task_id in self._ready
-        position = self._ready.position(task_id) if position and queued else None
+        index = self._ready.position(task_id) if position and queued else None
+        where = None if index is None else len(self._handoff) + index  # the node's queue goes first
         if self._blocked is None or not queued:
-            return LiveView(task, PendingReason("queued", "waiting for the next scheduling cycle"), position)
+            return LiveView(task, PendingReason("queued", "waiting for the next scheduling cycle"), where)
         head, head_reason = self._blocked
         if head == task_id:
-            return LiveView(task, head_reason, position)
+            return LiveView(task, head_reason, where)
         return LiveView(
             task,
             PendingReason("queued", f"queued behind {head} ({head_reason.message})", resource=head_reason.resource),
-            position,
+            where,
         )
 
     def capacity(self) -> tuple[NodeCapacity, Resources, int]:
@@ -536,20 +548,34 @@ class Engine:
         self._allocated = self._allocated - res
         self._live_count -= 1
 
-    def _begin_attempt(
-        self, task: Task, number: int, node: str, now: datetime, *, queued: bool = False, **data: Any
-    ) -> Task:
-        """Give a pending task a new attempt on ``node``: starting now, or ``queued`` in the node's queue."""
+    def _next_number(self, task: Task) -> int:
+        number = max(task.attempts, self._reserved.get(task.id, 0)) + 1
+        self._reserved[task.id] = number
+        return number
+
+    def _hand_off(self, task: Task, number: int) -> None:
+        """Put a pending task in the node's queue (in memory only: the task stays pending until it starts)."""
+        self._ready.discard(task.id)
+        self._handoff[(task.id, number)] = task.spec.resources
+        self._handed[task.id] = number
+
+    def _take_back(self, key: AttemptKey) -> bool:
+        """Forget a handed-off launch; True if it was one."""
+        if self._handoff.pop(key, None) is None:
+            return False
+        if self._handed.get(key[0]) == key[1]:
+            del self._handed[key[0]]
+        return True
+
+    def _begin_attempt(self, task: Task, number: int, node: str, now: datetime, **data: Any) -> Task:
+        """Move a pending task to admitted -> starting with attempt ``number`` on ``node``, allocating for it."""
         self._ready.discard(task.id)
         self._parked.pop(task.id, None)
         task = self._move(
             task, TaskState.ADMITTED, now, attempts=number, pending_reason=None, not_before=None, data={"node": node}
         )
-        if queued:
-            self._queued[(task.id, number)] = task.spec.resources
-        else:
-            task = self._move(task, TaskState.STARTING, now, data={"node": node, **data})
-            self._allocate(task.spec.resources)
+        task = self._move(task, TaskState.STARTING, now, data={"node": node, **data})
+        self._allocate(task.spec.resources)
         self._record_attempt(
             Attempt(task_id=task.id, number=number, state=AttemptState.STARTING, node=node, created_at=now),
             new=True,
@@ -559,22 +585,24 @@ class Engine:
     def _adopt(self, task_id: str, attempt: int, at: datetime) -> Task | None:
         """An attempt the executor ran whose start was never committed (the server died in between): adopt it."""
         task = self._tasks.get(task_id)
-        if task is None or task.state is not TaskState.PENDING or attempt != task.attempts + 1:
+        if task is None or task.state is not TaskState.PENDING or attempt <= task.attempts:
             return None
-        node = self._node.node if self._node is not None else self._executor.name
+        node = self._node_name()
         log.info("adopting attempt %s.%d that started before its record was committed", task_id, attempt)
         return self._begin_attempt(task, attempt, node, at, adopted=True)
+
+    def _node_name(self) -> str:
+        return self._node.node if self._node is not None else self._executor.name
 
     def _on_started(self, ev: Started) -> None:
         key = (ev.task_id, ev.attempt)
         task = self._tasks.get(ev.task_id)
-        if key not in self._attempts and self._adopt(ev.task_id, ev.attempt, ev.at) is not None:
+        if key not in self._attempts and key not in self._handoff and self._adopt(ev.task_id, ev.attempt, ev.at):
             task = self._tasks.get(ev.task_id)
+        if self._take_back(key) and task is not None and task.state is TaskState.PENDING:
+            # The node started it from its queue: only now does the task leave pending.
+            task = self._begin_attempt(task, ev.attempt, self._node_name(), ev.at, from_node_queue=True)
         att = self._attempts.get(key)
-        if task is not None and self._queued.pop(key, None) is not None:
-            self._allocate(task.spec.resources)  # the node started it from its queue
-            if task.state is TaskState.ADMITTED:
-                task = self._move(task, TaskState.STARTING, ev.at, data={"from_node_queue": True})
         if att is None or task is None or task.attempts != ev.attempt:
             if att is None and (task is None or task.attempts != ev.attempt):
                 # Running but unknown to us (an orphan): stop it, and ack its exit when it comes.
@@ -593,6 +621,14 @@ class Engine:
     def _on_exited(self, ev: Exited, now: datetime) -> None:
         key = (ev.task_id, ev.attempt)
         self._batch.acks.append(key)
+        if self._take_back(key):
+            owner = self._tasks.get(ev.task_id)
+            if owner is None or owner.state is not TaskState.PENDING:
+                return  # cancelled or timed out while it waited in the node's queue
+            if ev.never_started:
+                self._enqueue(owner)  # taken back (or lost by a restarted node): queue it here again
+                return
+            self._begin_attempt(owner, ev.attempt, self._node_name(), ev.started_at or ev.at, from_node_queue=True)
         if key not in self._attempts:
             self._adopt(ev.task_id, ev.attempt, ev.started_at or ev.at)
         att = self._attempts.get(key)
@@ -601,18 +637,12 @@ class Engine:
             return  # already recorded (a replay after reconnect) or an orphan we stopped
         stop_reason = self._stop_reasons.pop(key, None)
         outcome = ev.outcome if ev.outcome.stop_reason is not None else replace(ev.outcome, stop_reason=stop_reason)
-        if self._queued.pop(key, None) is None:
-            self._release(task.spec.resources)
-        elif not ev.never_started:  # exited without a start event: it did start, then ended at once
-            self._allocate(task.spec.resources)
-            self._release(task.spec.resources)
+        self._release(task.spec.resources)
         if ev.never_started and outcome.stop_reason is None:
             self._requeue(task, att, outcome, ev.at)
             return
         failure = classify(outcome)
         message = describe(outcome, failure)
-        if ev.never_started and outcome.stop_reason is StopReason.TIMEOUT:
-            message = "queue timeout reached: the node never had room to start it"
         self._record_attempt(
             replace(
                 att,
@@ -691,6 +721,7 @@ class Engine:
         if task.state is TaskState.PENDING:
             self._ready.discard(task_id)
             self._parked.pop(task_id, None)
+            self._recall(task_id)
             self._batch.finished.append(task_id)
             return self._move(
                 task,
@@ -722,16 +753,10 @@ class Engine:
             message = f"queue timeout reached: not started within {task.spec.timeouts.queue:g}s"
         elif kind == "deadline" and pending:
             message = "deadline reached before the task could run again" if task.attempts else "deadline reached"
-        elif kind in ("run_timeout", "deadline", "queue_timeout") and task.state in (
-            TaskState.ADMITTED,
-            TaskState.STARTING,
-            TaskState.RUNNING,
-        ):
+        elif kind in ("run_timeout", "deadline") and task.state in (TaskState.STARTING, TaskState.RUNNING):
             key = (task_id, task.attempts)
             if kind == "run_timeout" and attempt != task.attempts:
                 return
-            if kind == "queue_timeout" and (key not in self._queued or task.attempts != 1):
-                return  # it started: the queue timeout no longer applies
             if key not in self._stop_reasons:
                 self._stop_reasons[key] = StopReason.TIMEOUT if kind == "run_timeout" else StopReason.DEADLINE
                 self._batch.stops.append(key)
@@ -743,6 +768,7 @@ class Engine:
             return
         self._ready.discard(task_id)
         self._parked.pop(task_id, None)
+        self._recall(task_id)
         self._move(
             task,
             TaskState.TIMED_OUT,
@@ -759,10 +785,10 @@ class Engine:
         if not len(self._ready):
             self._blocked = None
             return []
-        queued = ZERO
-        for res in self._queued.values():
-            queued = queued + res
-        used, count = self._allocated + queued, self._live_count + len(self._queued)
+        handed = ZERO
+        for res in self._handoff.values():
+            handed = handed + res
+        used, count = self._allocated + handed, self._live_count + len(self._handoff)
         snapshot = [NodeSnapshot(node.node, node.total, used, count, node.max_tasks)]
         plan = schedule(snapshot, self._candidates())
         self._blocked = plan.blocked
@@ -773,11 +799,11 @@ class Engine:
             self._record(replace(self._tasks[task_id], pending_reason=reason, updated_at=now))
         for placement in plan.placements:
             task = self._tasks[placement.task_id]
-            number = task.attempts + 1
+            number = self._next_number(task)
             task = self._begin_attempt(task, number, placement.node, now)
             launches.append(self._launch(task, number))
         # Hand the node a few more, in queue order: it starts each the moment a slot frees, with no round trip.
-        room = self._config.node_queue - len(self._queued)
+        room = self._config.node_queue - len(self._handoff)
         if plan.blocked is not None and room > 0:
             ahead: list[str] = []
             for task_id in self._ready:
@@ -786,11 +812,44 @@ class Engine:
                 ahead.append(task_id)
             for task_id in ahead:
                 task = self._tasks[task_id]
-                number = task.attempts + 1
-                task = self._begin_attempt(task, number, node.node, now, queued=True)
+                number = self._next_number(task)
+                self._hand_off(task, number)
                 launches.append(self._launch(task, number))
+        self._recall_for_priority()
         self._ready.compact()
         return launches
+
+    def _recall(self, task_id: str) -> None:
+        """Take a task's launch back from the node's queue (it may already have started: then stop it)."""
+        number = self._handed.get(task_id)
+        if number is not None:
+            self._batch.stops.append((task_id, number))
+
+    def _recall_for_priority(self) -> None:
+        """Keep the node's queue in priority order.
+
+        A handed-off launch with a more urgent task behind it (later in the node's queue, or at the head of the
+        ready queue) is taken back, queued here again and handed back behind the urgent one: priority wins
+        over the few launches the node holds ahead.
+        """
+        if not self._handoff:
+            return
+        urgent = self._tasks[next(iter(self._ready))].spec.priority if len(self._ready) else None
+        for key in reversed(self._handoff):
+            owner = self._tasks.get(key[0])
+            if owner is None:
+                continue  # cancelled or timed out; its stop is on the way
+            priority = owner.spec.priority
+            if urgent is not None and priority < urgent and key not in self._unqueueing:
+                self._unqueueing.add(key)
+                self._background(self._unqueue(key), "unqueue")
+            urgent = priority if urgent is None else max(urgent, priority)
+
+    async def _unqueue(self, key: AttemptKey) -> None:
+        try:
+            await self._executor.unqueue(*key)
+        finally:
+            self._unqueueing.discard(key)
 
     def _candidates(self) -> Iterator[Candidate]:
         limit = self._config.max_placements_per_step

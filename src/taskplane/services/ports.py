@@ -249,6 +249,10 @@ class Executor(Protocol):
         """SIGTERM (or equivalent) to the attempt's whole process group, SIGKILL after ``grace`` seconds."""
         ...
 
+    async def unqueue(self, task_id: str, attempt: int) -> None:
+        """Take a launch back from the node's queue if it has not started (reported ``never_started``); else no-op."""
+        ...
+
     async def ack(self, keys: Sequence[tuple[str, int]]) -> None:
         """The exits of these attempts are durably recorded; the executor may forget them."""
         ...

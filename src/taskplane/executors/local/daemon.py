@@ -1,11 +1,18 @@
 """The node supervisor's state machine: clients, attempts, journal and events, in one asyncio thread.
 
 ``supervisor.py`` is the process around it (command line, lock, pidfile, log). Per task it holds one pidfd and
-a few hundred bytes::
+about 1.7 KiB (measured by ``benchmarks/supervisor_cost.py``)::
 
-    client --start--> validate -> journal intent -> posix_spawn (cwd, RLIMIT_FSIZE, cgroup switched around it)
-                                                     -> pidfd_open -> loop.add_reader -> journal start -> event
-    pidfd readable -> wait4 (status, rusage) -> cgroup peak/OOM, rmdir -> journal exit -> event (until acked)
+    client --start--> validate -> FIFO queue --(head fits next to what runs)--> journal intent
+                  -> posix_spawn (cwd, RLIMIT_FSIZE, cgroup switched around it)
+                  -> pidfd_open -> loop.add_reader -> journal start -> event
+    pidfd readable -> wait4 (status, rusage) -> cgroup peak/OOM, back to the pool -> journal exit -> event
+                  -> start the queue's heads that fit now (same loop iteration: no round trip to the server)
+
+The queue is strict FIFO: a head that does not fit (resources summed over running attempts against the node's
+capacity from the latest ``hello``, and ``max_tasks``) holds back everything behind it. Best-effort launches
+(no request) count only against ``max_tasks``. Launches themselves are never journaled, only their keys: a
+restarted supervisor reports the attempts that were still queued as exited, ``never_started`` and ``lost``.
 
 A restarted supervisor replays the journal: unacknowledged exits are reported again; attempts that were
 running are watched through pidfds (no longer its children, their status is unknowable) and reported as lost
@@ -22,7 +29,8 @@ import resource
 import select
 import signal
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +43,7 @@ log = logging.getLogger("taskplane.supervisor")
 
 LOST_RESTARTED = "supervisor restarted; exit status unknown"
 LOST_STARTING = "supervisor died while starting the attempt; it may have run"
+LOST_QUEUED = "supervisor restarted while the attempt waited in the node's queue; it never ran"
 MAX_CLIENT_BUFFER = 64 << 20  # a client this far behind is dropped; it reconnects and gets a snapshot
 CGROUP_RMDIR_TRIES = 10
 
@@ -57,6 +66,7 @@ class Options:
 class Live:
     """A running attempt: our child, or one adopted from a previous supervisor (watch-only)."""
 
+    key: str  # ``<task_id>.<attempt>``
     task_id: str
     attempt: int
     pid: int
@@ -64,14 +74,12 @@ class Live:
     record: Record  # its journal start record
     child: bool
     cgroup: TaskCgroup | None
+    millicpu: int = 0  # what it holds of the node's capacity
+    memory: int = 0
+    gpu: int = 0
     stopping: bool = False
     kill_at: float | None = None
     kill_timer: asyncio.TimerHandle | None = None
-
-    @property
-    def key(self) -> str:
-        """``<task_id>.<attempt>``."""
-        return protocol.attempt_key(self.task_id, self.attempt)
 
 
 @dataclass(slots=True, eq=False)
@@ -80,6 +88,7 @@ class Conn:
 
     writer: asyncio.StreamWriter
     epoch: int | None = None
+    out: list[bytes] = field(default_factory=list)  # replies (and events) sent together at the next flush
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -117,12 +126,20 @@ class Supervisor:
         self.epoch = 0
         self.live: dict[str, Live] = {}
         self.exited: dict[str, Record] = {}
+        # The node's queue: launches in arrival order (stopped ones are skipped when they reach the head).
+        self.queue: deque[Prepared] = deque()
+        self.queued: dict[str, Prepared] = {}
+        # Capacity (the latest hello's; no resource limit before one) and what running attempts hold of it.
+        self.max_tasks = opts.max_tasks
+        self.total: tuple[int, int, int] | None = None  # millicpu, memory, gpu
+        self.used_millicpu = self.used_memory = self.used_gpu = 0
         self.conns: set[Conn] = set()
         self.current: Conn | None = None
         self.cgroups: Cgroups = Cgroups()
         self.spawner: Spawner | None = None
         self._journal_buf: list[bytes] = []
         self._events: list[Record] = []
+        self._dirty: set[Conn] = set()
         self._flush_scheduled = False
         self._idle_since: float | None = None
         self._done: asyncio.Event | None = None
@@ -168,6 +185,7 @@ class Supervisor:
         try:
             await self._done.wait()
         finally:
+            self._flush()
             server.close()
             for conn in list(self.conns):
                 conn.writer.close()
@@ -175,7 +193,6 @@ class Supervisor:
                 sock.unlink()
             with contextlib.suppress(OSError):
                 layout.pid_path(opts.state_dir).unlink()
-            self._flush()
             with contextlib.suppress(OSError):
                 self.journal.compact(self._journal_state())
             self.journal.close()
@@ -192,6 +209,9 @@ class Supervisor:
         for task_id, attempt in state.intents.values():
             rec = _exit_record(task_id, attempt, now, lost=LOST_STARTING)
             self.exited[protocol.attempt_key(task_id, attempt)] = rec
+        for task_id, attempt in state.queued.values():  # only their keys were journaled: they cannot run now
+            rec = _exit_record(task_id, attempt, now, lost=LOST_QUEUED, never_started=True)
+            self.exited[protocol.attempt_key(task_id, attempt)] = rec
         for key, rec in state.live.items():
             pid, boot = int(rec["pid"]), rec.get("boot") or [0.0, 0.0]
             try:
@@ -203,10 +223,16 @@ class Supervisor:
                 os.close(pidfd)
                 self.exited[key] = self._lost_record(rec, now)
                 continue
-            live = Live(rec["task_id"], rec["attempt"], pid, pidfd, rec, False, self.cgroups.find(key))
-            self.live[key] = live
+            # A journal from before resources were recorded: the attempt counts as one task holding nothing.
+            res = rec.get("res")
+            if not (isinstance(res, list) and len(res) == 3 and all(isinstance(v, int) for v in res)):
+                res = [0, 0, 0]
+            name = rec.get("cg")
+            cg = self.cgroups.find(name if isinstance(name, str) else key)  # named by attempt key before pooling
+            live = Live(key, rec["task_id"], rec["attempt"], pid, pidfd, rec, False, cg, *res)
+            self._add_live(live)
             self.loop.add_reader(pidfd, self._on_ready, live)
-        self.cgroups.sweep(set(self.live))
+        self.cgroups.sweep({live.cgroup.name for live in self.live.values() if live.cgroup is not None})
         self.journal.compact(self._journal_state())
 
     def _lost_record(self, start: Record, now: float) -> Record:
@@ -221,11 +247,12 @@ class Supervisor:
         )
 
     def _journal_state(self) -> JournalState:
-        return JournalState(self.epoch, {k: v.record for k, v in self.live.items()}, self.exited)
+        queued = {key: (p.task_id, p.attempt) for key, p in self.queued.items()}
+        return JournalState(self.epoch, {k: v.record for k, v in self.live.items()}, self.exited, queued=queued)
 
     def _idle_tick(self) -> None:
         now = time.monotonic()
-        if self.live or self.exited or self.conns:
+        if self.live or self.exited or self.queued or self.conns:
             self._idle_since = None
         elif self._idle_since is None:
             self._idle_since = now
@@ -260,14 +287,26 @@ class Supervisor:
             pass
         finally:
             self.conns.discard(conn)
+            self._dirty.discard(conn)
             if self.current is conn:
                 self.current = None
                 self._events.clear()
             writer.close()
 
     def _reply(self, conn: Conn, msg_id: Any, **fields: Any) -> None:
-        if not conn.writer.is_closing():
-            conn.writer.write(protocol.encode({"op": protocol.REPLY, "id": msg_id, **fields}))
+        """Queue a reply: it leaves with the iteration's journal write and events (one send, after the journal)."""
+        conn.out.append(protocol.encode({"op": protocol.REPLY, "id": msg_id, **fields}))
+        self._dirty.add(conn)
+        self._schedule_flush()
+
+    def _send(self, conn: Conn) -> None:
+        if conn.out and not conn.writer.is_closing():
+            conn.writer.write(b"".join(conn.out))
+            if conn.writer.transport.get_write_buffer_size() > MAX_CLIENT_BUFFER:
+                log.warning("client is not reading; dropping its connection")
+                conn.writer.close()
+        conn.out.clear()
+        self._dirty.discard(conn)
 
     def _fenced(self, conn: Conn, msg: dict[str, Any]) -> bool:
         epoch = msg.get("epoch")
@@ -282,13 +321,15 @@ class Supervisor:
         try:
             if op == protocol.HELLO:
                 self._hello(conn, msg)
-            elif op in (protocol.START, protocol.STOP, protocol.ACK):
+            elif op in (protocol.START, protocol.STOP, protocol.UNQUEUE, protocol.ACK):
                 if self._fenced(conn, msg):
                     return
                 if op == protocol.START:
                     self._start(msg.get("launches") or [])
                 elif op == protocol.STOP:
                     self._stop(protocol.attempt_key(msg["task_id"], msg["attempt"]), float(msg.get("grace", 0)))
+                elif op == protocol.UNQUEUE:
+                    self._unqueue(protocol.attempt_key(msg["task_id"], msg["attempt"]))
                 else:
                     self._ack(msg.get("keys") or [])
                 self._reply(conn, msg_id, ok=True)
@@ -301,9 +342,13 @@ class Supervisor:
 
     def _hello(self, conn: Conn, msg: dict[str, Any]) -> None:
         if self._fenced(conn, msg):
+            self._send(conn)
             conn.writer.close()
             return
         epoch = int(msg["epoch"])
+        capacity = msg.get("capacity")
+        if capacity is not None:
+            self._set_capacity(capacity)
         if epoch > self.epoch:
             self.epoch = epoch
             self._write_journal(encode_record({"t": "epoch", "epoch": epoch}))
@@ -320,6 +365,7 @@ class Supervisor:
             warnings=list(self.cgroups.warnings),
             running=[live.record for live in self.live.values()],
             exited=list(self.exited.values()),
+            queued=[[p.task_id, p.attempt] for p in self.queue if self.queued.get(p.key) is p],
             config={
                 "logs_dir": str(self.opts.logs_dir),
                 "work_dir": str(self.opts.work_dir),
@@ -327,13 +373,33 @@ class Supervisor:
             },
         )
         if previous is not None and previous is not conn:
+            self._send(previous)
             previous.writer.close()
+        self._pump()  # the capacity may have grown
+
+    def _set_capacity(self, capacity: Any) -> None:
+        """``{"millicpu", "memory", "gpu", "max_tasks"}``: the node size the server schedules against."""
+        if not isinstance(capacity, dict):
+            raise TypeError("capacity must be an object")
+        values: list[int] = []
+        for name in ("millicpu", "memory", "gpu", "max_tasks"):
+            value = capacity.get(name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"capacity needs non-negative integers: {capacity!r}")
+            values.append(value)
+        self.total = (values[0], values[1], values[2])
+        self.max_tasks = max(1, values[3])
 
     def _shutdown(self, conn: Conn, msg: dict[str, Any]) -> None:
-        if self.live and not msg.get("force"):
-            detail = f"{len(self.live)} tasks are running"
+        if (self.live or self.queued) and not msg.get("force"):
+            detail = f"{len(self.live)} tasks are running, {len(self.queued)} queued"
             self._reply(conn, msg.get("id"), ok=False, code=protocol.BUSY, detail=detail)
             return
+        now = time.time()
+        for key, p in list(self.queued.items()):  # first, or an exit below would start them
+            self._finish(key, _exit_record(p.task_id, p.attempt, now, never_started=True))
+        self.queued.clear()
+        self.queue.clear()
         for live in list(self.live.values()):
             _signal_group(live.pid, signal.SIGKILL)
         for live in list(self.live.values()):
@@ -342,43 +408,111 @@ class Supervisor:
                 poller.register(live.pidfd, select.POLLIN)
                 poller.poll(5000)
             self._on_ready(live, block=True)
-        self._flush()
         self._reply(conn, msg.get("id"), ok=True, pid=os.getpid())
+        self._flush()
         assert self._done is not None
         self._done.set()
 
     # ----------------------------------------------------------------------------------------- attempts
 
     def _start(self, launches: list[dict[str, Any]]) -> None:
+        """Queue the launches in order (idempotent per attempt), then start the heads that fit."""
         now = time.time()
-        batch: list[Prepared] = []
-        seen: set[str] = set()
+        fresh: list[Prepared] = []
         for launch in launches:
             if not isinstance(launch, dict):
                 log.warning("ignoring a launch that is not an object: %.200r", launch)
                 continue
             task_id, attempt = launch.get("task_id"), launch.get("attempt")
             key = f"{task_id}.{attempt}"
-            if key in self.live or key in self.exited or key in seen:
+            if key in self.live or key in self.exited or key in self.queued:
                 continue  # idempotent: a known attempt is never started twice
-            seen.add(key)
             try:
-                batch.append(prepare(launch))
+                p = prepare(launch)
             except SpawnError as exc:
                 self._finish(key, _exit_record(task_id, attempt, now, spawn_error=exc.message, retryable=False))
-        if not batch:
-            return
-        # Durable before any process exists: if we die mid-batch, the next supervisor reports these as lost.
-        self._write_journal(encode_record({"t": "intent", "items": [[p.task_id, p.attempt] for p in batch]}))
-        for p in batch:
-            self._spawn(p)
+                continue
+            self.queue.append(p)
+            self.queued[key] = p
+            fresh.append(p)
+        if fresh:
+            self._pump(fresh)
+
+    def _fits(self, p: Prepared, millicpu: int, memory: int, gpu: int, count: int) -> bool:
+        """Whether ``p`` fits next to attempts holding (millicpu, memory, gpu) and ``count`` tasks."""
+        if count >= self.max_tasks:
+            return False
+        total = self.total
+        if total is None or (p.millicpu == 0 and p.memory == 0 and p.gpu == 0):
+            return True  # no capacity known yet, or best-effort: only max_tasks applies
+        return millicpu + p.millicpu <= total[0] and memory + p.memory <= total[1] and gpu + p.gpu <= total[2]
+
+    def _pump(self, fresh: list[Prepared] | None = None) -> None:
+        """Start the queue's heads while they fit (strict FIFO: a head that does not fit holds the rest back).
+
+        ``fresh``: launches just queued by ``start``; those that stay queued get a ``queue`` record.
+        """
+        queue, queued = self.queue, self.queued
+        while True:
+            batch: list[Prepared] = []
+            millicpu, memory, gpu = self.used_millicpu, self.used_memory, self.used_gpu
+            count = len(self.live)
+            while queue:
+                p = queue[0]
+                if queued.get(p.key) is not p:  # stopped while queued
+                    queue.popleft()
+                    continue
+                if not self._fits(p, millicpu, memory, gpu, count):
+                    if not self._fits(p, 0, 0, 0, 0):  # larger than the whole node: it would block it for good
+                        queue.popleft()
+                        del queued[p.key]
+                        self._finish(p.key, self._too_large(p))
+                        continue
+                    break
+                queue.popleft()
+                del queued[p.key]
+                batch.append(p)
+                millicpu, memory, gpu, count = millicpu + p.millicpu, memory + p.memory, gpu + p.gpu, count + 1
+            records: list[bytes] = []
+            if fresh:
+                waiting = [[p.task_id, p.attempt] for p in fresh if queued.get(p.key) is p]
+                if waiting:
+                    records.append(encode_record({"t": "queue", "items": waiting}))
+                fresh = None
+            if not batch:
+                self._journal_buf.extend(records)
+                if records:
+                    self._schedule_flush()
+                return
+            # Durable before any process exists: if we die mid-batch, the next supervisor reports these as lost.
+            records.append(encode_record({"t": "intent", "items": [[p.task_id, p.attempt] for p in batch]}))
+            self._journal_now(records)
+            for p in batch:
+                self._spawn(p)
+            # A spawn that failed left room: look again.
+
+    def _too_large(self, p: Prepared) -> Record:
+        total = self.total or (0, 0, 0)
+        error = (
+            f"requests cpu={p.millicpu}m memory={p.memory} gpu={p.gpu}, more than this node has "
+            f"(cpu={total[0]}m memory={total[1]} gpu={total[2]})"
+        )
+        return _exit_record(p.task_id, p.attempt, time.time(), spawn_error=error, retryable=False)
+
+    def _add_live(self, live: Live) -> None:
+        self.live[live.key] = live
+        self.used_millicpu += live.millicpu
+        self.used_memory += live.memory
+        self.used_gpu += live.gpu
+
+    def _remove_live(self, live: Live) -> None:
+        del self.live[live.key]
+        self.used_millicpu -= live.millicpu
+        self.used_memory -= live.memory
+        self.used_gpu -= live.gpu
 
     def _spawn(self, p: Prepared) -> None:
         assert self.spawner is not None
-        if len(self.live) >= self.opts.max_tasks:
-            error = f"node is full: {len(self.live)} tasks running (max_tasks)"
-            self._finish(p.key, _exit_record(p.task_id, p.attempt, time.time(), spawn_error=error))
-            return
         before = boot_clock()
         try:
             pid, cg = self.spawner.spawn(p)
@@ -393,14 +527,18 @@ class Supervisor:
             _signal_group(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             if cg is not None:
-                self._remove_cgroup(cg, 0)
+                self._release_cgroup(cg, 0)
             error = f"cannot watch the process: {exc.strerror}"
             self._finish(p.key, _exit_record(p.task_id, p.attempt, now, spawn_error=error))
             return
         rec: Record = {"t": "start", "task_id": p.task_id, "attempt": p.attempt, "pid": pid, "at": now}
         rec["boot"] = [before, boot_clock()]  # when the pid was born: tells it from a later reuse
-        live = Live(p.task_id, p.attempt, pid, pidfd, rec, True, cg)
-        self.live[p.key] = live
+        if p.millicpu or p.memory or p.gpu:
+            rec["res"] = [p.millicpu, p.memory, p.gpu]  # what it holds, for a restarted supervisor
+        if cg is not None:
+            rec["cg"] = cg.name
+        live = Live(p.key, p.task_id, p.attempt, pid, pidfd, rec, True, cg, p.millicpu, p.memory, p.gpu)
+        self._add_live(live)
         self.loop.add_reader(pidfd, self._on_ready, live)
         self._emit(rec)
 
@@ -440,32 +578,46 @@ class Supervisor:
             if peak is not None and live.child:
                 fields["peak_memory"] = peak
             fields["oom_killed"] = oom
-            self._remove_cgroup(live.cgroup, 0)
+            self._release_cgroup(live.cgroup, 0)
         fields["log_truncated"] = self._truncated(live.task_id, live.attempt)
-        del self.live[live.key]
+        self._remove_live(live)
         self._finish(live.key, _exit_record(live.task_id, live.attempt, now, **fields))
+        if self.queue:
+            self._pump()  # the next task starts now, without a round trip through the server
 
     def _truncated(self, task_id: str, attempt: int) -> bool:
         assert self.spawner is not None
         for path in self.spawner.log_files(task_id, attempt):
             with contextlib.suppress(OSError):
-                if path.stat().st_size >= self.opts.log_limit:
+                if os.stat(path).st_size >= self.opts.log_limit:
                     return True
         return False
 
-    def _remove_cgroup(self, cg: TaskCgroup, tries: int) -> None:
-        if self.cgroups.remove(cg):
+    def _release_cgroup(self, cg: TaskCgroup, tries: int) -> None:
+        """To the pool (or removed) once empty: the rest of a task's group may still be on its way out."""
+        if self.cgroups.release(cg):
             return
         if tries + 1 >= CGROUP_RMDIR_TRIES:
-            log.warning("cgroup of %s is still busy; leaving it for the next start", cg.key)
+            log.warning("cgroup %s is still busy; leaving it for the next supervisor", cg.name)
             return
-        self.loop.call_later(0.05 * 2**tries, self._remove_cgroup, cg, tries + 1)
+        self.loop.call_later(0.05 * 2**tries, self._release_cgroup, cg, tries + 1)
 
     def _finish(self, key: str, rec: Record) -> None:
         self.exited[key] = rec
         self._emit(rec)
 
+    def _unqueue(self, key: str) -> bool:
+        """Take a launch out of the queue, if it is still there: it exits ``never_started``."""
+        waiting = self.queued.pop(key, None)
+        if waiting is None:
+            return False  # started already, ended, or unknown: nothing to take back
+        self._finish(key, _exit_record(waiting.task_id, waiting.attempt, time.time(), never_started=True))
+        self._pump()  # it may have been the head holding the others back
+        return True
+
     def _stop(self, key: str, grace: float) -> None:
+        if self._unqueue(key):  # never started: it leaves the queue (its deque entry is skipped later)
+            return
         live = self.live.get(key)
         if live is None:
             return  # unknown or already ended: nothing to do
@@ -514,8 +666,16 @@ class Supervisor:
         except OSError:
             log.exception("cannot write the journal")
 
+    def _journal_now(self, records: list[bytes]) -> None:
+        """Write the buffered records and ``records`` at once (in that order), before acting on them."""
+        buf = self._journal_buf
+        buf.extend(records)
+        data = b"".join(buf)
+        buf.clear()
+        self._write_journal(data)
+
     def _flush(self) -> None:
-        """Once per loop iteration: one journal write, then one events message (journal first: durable order)."""
+        """Once per loop iteration: one journal write, then one send per client (journal first: durable order)."""
         self._flush_scheduled = False
         if self._journal_buf:
             data = b"".join(self._journal_buf)
@@ -527,10 +687,8 @@ class Supervisor:
                 except OSError:
                     log.exception("cannot compact the journal")
         if self._events and self.current is not None:
-            writer = self.current.writer
-            if not writer.is_closing():
-                writer.write(protocol.encode({"op": protocol.EVENTS, "events": self._events}))
-                if writer.transport.get_write_buffer_size() > MAX_CLIENT_BUFFER:
-                    log.warning("client is not reading; dropping its connection")
-                    writer.close()
+            self.current.out.append(protocol.encode({"op": protocol.EVENTS, "events": self._events}))
+            self._dirty.add(self.current)
         self._events = []
+        for conn in list(self._dirty):
+            self._send(conn)

@@ -1,7 +1,8 @@
 """``LocalExecutor``: the server's side of the local executor, a client of the node supervisor.
 
 It never forks tasks itself. ``open`` connects to the supervisor of its state dir (starting one when none
-runs), says hello with the server's fencing epoch, and returns what the supervisor knows (``Recovered``); a
+runs), says hello with the server's fencing epoch and the node's capacity (``capacity()``: the supervisor starts
+queued launches against it), and returns what the supervisor knows (``Recovered``: running, queued, exited); a
 reader task then hands every ``events`` batch to ``on_events``. When the connection drops (the supervisor was
 killed), it reconnects, restarting the supervisor, and delivers the new snapshot as events: the engine
 de-duplicates by attempt. Requests (``start``, ``stop``, ``ack``) are idempotent, so one in flight when the
@@ -63,6 +64,7 @@ def launch_to_wire(launch: Launch) -> dict[str, Any]:
         "workdir": launch.workdir,
         "millicpu": launch.resources.millicpu,
         "memory": launch.resources.memory,
+        "gpu": launch.resources.gpu,
         "image": launch.image,
     }
 
@@ -89,6 +91,7 @@ def exited_from_wire(rec: dict[str, Any]) -> Exited:
         _utc(rec["at"]),
         outcome,
         started_at=None if started_at is None else _utc(started_at),
+        never_started=bool(rec.get("never_started")),
         peak_memory=rec.get("peak_memory"),
         cpu_seconds=rec.get("cpu_seconds"),
         log_truncated=bool(rec.get("log_truncated")),
@@ -213,13 +216,24 @@ class LocalExecutor:
         """SIGTERM to the attempt's process group, SIGKILL after ``grace`` seconds (timed by the supervisor)."""
         await self._request(protocol.STOP, task_id=task_id, attempt=attempt, grace=max(0.0, float(grace)))
 
+    async def unqueue(self, task_id: str, attempt: int) -> None:
+        """Take the attempt back from the node's queue if it has not started (it exits ``never_started``)."""
+        await self._request(protocol.UNQUEUE, task_id=task_id, attempt=attempt)
+
     async def ack(self, keys: Sequence[tuple[str, int]]) -> None:
         """Let the supervisor forget these exits (they are durable in the database)."""
         if keys:
             await self._request(protocol.ACK, keys=[[task_id, attempt] for task_id, attempt in keys])
 
     def capacity(self) -> NodeCapacity:
-        """This node's size (configured, else detected), its task limit and how limits are enforced."""
+        """This node's size (configured, else detected), its task limit and how limits are enforced.
+
+        The supervisor gets the same figures in every ``hello`` and starts queued launches against them.
+        """
+        total, max_tasks = self._size()
+        return NodeCapacity(self.config.node_name, total, max_tasks, self._cgroups, self._warnings)
+
+    def _size(self) -> tuple[Resources, int]:
         if self._total is None:
             cfg = self.config
             self._total = Resources(
@@ -227,7 +241,7 @@ class LocalExecutor:
                 memory=cfg.memory if cfg.memory is not None else detect_memory(),
             )
         max_tasks = self.config.max_tasks if self.config.max_tasks is not None else default_max_tasks()
-        return NodeCapacity(self.config.node_name, self._total, max_tasks, self._cgroups, self._warnings)
+        return self._total, max_tasks
 
     async def close(self) -> None:
         """Disconnect; running attempts keep running under the supervisor."""
@@ -248,8 +262,8 @@ class LocalExecutor:
     # ----------------------------------------------------------------------------------- SupportsLogs
 
     def log_path(self, task_id: str, attempt: int, stream: LogStream) -> Path:
-        """``<logs_dir>/<task_id>/<attempt>/<stream>`` (the supervisor's logs dir, if it runs with another)."""
-        return layout.attempt_log_dir(self._logs_dir, task_id, attempt) / LogStream(stream).value
+        """``<logs_dir>/<task_id>/<attempt>.<stream>`` (the supervisor's logs dir, if it runs with another)."""
+        return Path(layout.log_file(self._logs_dir, task_id, attempt, LogStream(stream).value))
 
     # ---------------------------------------------------------------------------------------- extras
 
@@ -261,9 +275,11 @@ class LocalExecutor:
     # ------------------------------------------------------------------------------------ connection
 
     async def _connect_and_hello(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, dict[str, Any]]:
+        total, max_tasks = self._size()
+        capacity = {"millicpu": total.millicpu, "memory": total.memory, "gpu": total.gpu, "max_tasks": max_tasks}
         reader, writer = await self._connect()
         try:
-            writer.write(protocol.encode({"op": protocol.HELLO, "id": 0, "epoch": self._epoch}))
+            writer.write(protocol.encode({"op": protocol.HELLO, "id": 0, "epoch": self._epoch, "capacity": capacity}))
             await writer.drain()
             line = await asyncio.wait_for(reader.readline(), self.config.request_timeout)
             if not line:
@@ -294,7 +310,7 @@ class LocalExecutor:
             if not spawned:
                 # Tracked so that ``close`` can wait for it: no supervisor appears after we are closed.
                 self._spawning = asyncio.ensure_future(asyncio.to_thread(self._spawn_supervisor))
-                await self._spawning
+                await asyncio.shield(self._spawning)  # the thread runs on if we are cancelled; close waits
                 spawned = True
             elif loop.time() > deadline:
                 raise UnavailableError(
@@ -385,6 +401,7 @@ class LocalExecutor:
         return Recovered(
             running=[started_from_wire(rec) for rec in reply.get("running", [])],
             exited=[exited_from_wire(rec) for rec in reply.get("exited", [])],
+            queued=[(str(task_id), int(attempt)) for task_id, attempt in reply.get("queued", [])],
         )
 
     def _deliver(self, events: list[ExecutorEvent]) -> None:

@@ -4,6 +4,8 @@ Appended with plain ``os.write`` of whole lines (the kernel keeps them when only
 the next supervisor, and compacted to the live and unacknowledged entries (temp file, fsync, rename).
 
     {"t": "epoch", "epoch": 7}                      highest fencing epoch seen
+    {"t": "queue", "items": [[task_id, attempt]]}   accepted into the node's queue, waiting for room; one with
+                                                    nothing after it never ran (its launch is not journaled)
     {"t": "intent", "items": [[task_id, attempt]]}  about to spawn; an intent with no start means "lost"
     {"t": "start", ...}  {"t": "exit", ...}         see ``protocol.py``
     {"t": "ack", "keys": [[task_id, attempt]]}      the server recorded these exits
@@ -33,6 +35,7 @@ class JournalState:
     live: dict[str, Record] = field(default_factory=dict)
     exited: dict[str, Record] = field(default_factory=dict)
     intents: dict[str, tuple[str, int]] = field(default_factory=dict)  # spawned or not: nobody knows
+    queued: dict[str, tuple[str, int]] = field(default_factory=dict)  # waiting in the queue: never spawned
 
 
 def replay(lines: Iterable[bytes]) -> JournalState:
@@ -47,15 +50,22 @@ def replay(lines: Iterable[bytes]) -> JournalState:
         if kind == "start":
             key = attempt_key(rec["task_id"], rec["attempt"])
             state.intents.pop(key, None)
+            state.queued.pop(key, None)
             state.live[key] = rec
         elif kind == "exit":
             key = attempt_key(rec["task_id"], rec["attempt"])
             state.intents.pop(key, None)
+            state.queued.pop(key, None)
             state.live.pop(key, None)
             state.exited[key] = rec
         elif kind == "intent":
             for task_id, attempt in rec["items"]:
-                state.intents[attempt_key(task_id, attempt)] = (task_id, attempt)
+                key = attempt_key(task_id, attempt)
+                state.queued.pop(key, None)
+                state.intents[key] = (task_id, attempt)
+        elif kind == "queue":
+            for task_id, attempt in rec["items"]:
+                state.queued[attempt_key(task_id, attempt)] = (task_id, attempt)
         elif kind == "ack":
             for task_id, attempt in rec["keys"]:
                 state.exited.pop(attempt_key(task_id, attempt), None)
@@ -108,6 +118,8 @@ class Journal:
         records: list[Record] = [{"t": "epoch", "epoch": state.epoch}]
         records.extend(state.live.values())
         records.extend(state.exited.values())
+        if state.queued:
+            records.append({"t": "queue", "items": [list(item) for item in state.queued.values()]})
         if state.intents:
             records.append({"t": "intent", "items": [list(item) for item in state.intents.values()]})
         data = b"".join(encode_record(rec) for rec in records)

@@ -8,8 +8,12 @@ The tree::
     <state_dir>/supervisor.lock    flock held by the live supervisor: one per state dir
     <state_dir>/supervisor.log     its own log
     <state_dir>/journal.jsonl      started / exited / acked attempts, replayed by a restarted supervisor
-    <logs_dir>/<task_id>/<attempt>/stdout|stderr
-    <work_dir>/<task_id>/<attempt>[/<workdir>]     the attempt's sandbox (its working directory)
+    <logs_dir>/<task_id>.<attempt>.stdout|.stderr  an attempt's output
+    <work_dir>/<task_id>.<attempt>[/<workdir>]     the attempt's sandbox (its working directory)
+
+Flat, named by the attempt key: one mkdir per attempt on the spawn path (inode allocation is the costliest step
+of a spawn after the exec itself). The path functions return strings: the supervisor builds them on every
+spawn, and ``LocalExecutor.log_path`` reads logs through the same function.
 """
 
 from __future__ import annotations
@@ -63,14 +67,19 @@ def journal_path(state_dir: Path) -> Path:
     return state_dir / "journal.jsonl"
 
 
-def attempt_log_dir(logs_dir: Path, task_id: str, attempt: int) -> Path:
-    """The directory holding one attempt's ``stdout`` and ``stderr`` files."""
-    return logs_dir / task_id / str(attempt)
+def log_file(logs_dir: str | Path, task_id: str, attempt: int, stream: str) -> str:
+    """One stream (``stdout`` or ``stderr``) of one attempt: ``<logs_dir>/<task_id>.<attempt>.<stream>``."""
+    return f"{logs_dir}/{task_id}.{attempt}.{stream}"
+
+
+def sandbox_path(work_dir: str | Path, task_id: str, attempt: int) -> str:
+    """The attempt's own working directory: ``<work_dir>/<task_id>.<attempt>`` (the attempt key)."""
+    return f"{work_dir}/{task_id}.{attempt}"
 
 
 def sandbox_dir(work_dir: Path, task_id: str, attempt: int) -> Path:
-    """The attempt's own working directory tree."""
-    return work_dir / task_id / str(attempt)
+    """``sandbox_path`` as a ``Path``."""
+    return Path(sandbox_path(work_dir, task_id, attempt))
 
 
 def check_task_id(task_id: object) -> str | None:

@@ -2,9 +2,13 @@
 
 Client -> supervisor (each carries an ``id``; the supervisor answers ``{"op": "reply", "id", "ok", ...}``)::
 
-    {"op": "hello", "epoch": 7}                         -> reply with "running", "exited", "cgroups", "warnings"
-    {"op": "start", "epoch": 7, "launches": [...]}      one message per batch; idempotent per (task_id, attempt)
-    {"op": "stop", "epoch": 7, "task_id", "attempt", "grace"}
+    {"op": "hello", "epoch": 7, "capacity": {"millicpu", "memory", "gpu", "max_tasks"}}
+                                                        -> reply with "running", "exited", "queued" ([[task_id,
+                                                           attempt], ...] in start order), "cgroups", "warnings"
+    {"op": "start", "epoch": 7, "launches": [...]}      one message per batch, queued in order and started as
+                                                        they fit the capacity; idempotent per (task_id, attempt)
+    {"op": "stop", "epoch": 7, "task_id", "attempt", "grace"}     a queued one leaves the queue: never_started
+    {"op": "unqueue", "epoch": 7, "task_id", "attempt"}  only a queued one (never_started); else nothing
     {"op": "ack", "epoch": 7, "keys": [[task_id, attempt], ...]}
     {"op": "shutdown", "force": false}                  only when idle, or kill everything with force
 
@@ -14,10 +18,13 @@ Supervisor -> the current client (the latest accepted hello), coalesced per even
 
 Records are the journal's lines too (``journal.py``)::
 
-    {"t": "start", "task_id", "attempt", "pid", "at", "boot"}       at: unix seconds; boot: [before, after]
-                                                                    the spawn on CLOCK_BOOTTIME (pid reuse)
+    {"t": "start", "task_id", "attempt", "pid", "at", "boot", "res", "cg"}
+        at: unix seconds; boot: [before, after] the spawn on CLOCK_BOOTTIME (pid reuse);
+        res: [millicpu, memory, gpu] it holds, absent when best-effort; cg: its cgroup slot, if any
     {"t": "exit", "task_id", "attempt", "at", "started_at", "exit_code", "signal", "oom_killed", "spawn_error",
-     "lost", "retryable", "peak_memory", "cpu_seconds", "log_truncated"}
+     "lost", "retryable", "peak_memory", "cpu_seconds", "log_truncated", "never_started"}
+        never_started (only when true): it left the node's queue (stopped, or lost by a supervisor restart)
+        before any process existed; exit_code and signal are null
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ READ_LIMIT = 1 << 30
 HELLO = "hello"
 START = "start"
 STOP = "stop"
+UNQUEUE = "unqueue"
 ACK = "ack"
 SHUTDOWN = "shutdown"
 REPLY = "reply"
