@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections import Counter
 from collections.abc import Coroutine, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -143,6 +144,7 @@ class Engine:
         self._config = config
         self._rng = rng or random.Random()
         self._tasks: dict[str, Task] = {}  # every non-terminal task
+        self._state_counts: Counter[TaskState] = Counter()
         self._attempts: dict[AttemptKey, Attempt] = {}  # every non-terminal attempt
         self._ready = ReadyQueue()
         self._parked: dict[str, PendingReason] = {}  # pending tasks that can never fit
@@ -188,7 +190,7 @@ class Engine:
         for att in attempts:
             self._attempts[(att.task_id, att.number)] = att
         for task in tasks:
-            self._tasks[task.id] = task
+            self._hold(task)
         for task in tasks:
             self._recover_task(task, now)
         seen: set[AttemptKey] = {(ev.task_id, ev.attempt) for ev in recovered.running}
@@ -274,7 +276,8 @@ class Engine:
     def submitted(self, tasks: list[Task]) -> None:
         """Tasks committed as pending by the submit service (held at once, queued by the next step)."""
         for task in tasks:
-            self._tasks.setdefault(task.id, task)
+            if task.id not in self._tasks:
+                self._hold(task)
         self._new.extend(tasks)
         self._wake.set()
 
@@ -350,10 +353,7 @@ class Engine:
 
     def counts(self) -> dict[str, int]:
         """Live tasks by state (for metrics and capacity)."""
-        out: dict[str, int] = {}
-        for task in self._tasks.values():
-            out[task.state.value] = out.get(task.state.value, 0) + 1
-        return out
+        return {state.value: n for state, n in self._state_counts.items() if n}
 
     # -------------------------------------------------------------------------------------- the loop
 
@@ -513,11 +513,19 @@ class Engine:
         return moved
 
     def _record(self, task: Task) -> None:
+        self._hold(task)
+        self._batch.put_task(task)
+
+    def _hold(self, task: Task) -> None:
+        """Keep ``task`` as the engine's current row (dropping it once terminal), with the per-state counts."""
+        old = self._tasks.get(task.id)
+        if old is not None:
+            self._state_counts[old.state] -= 1
         if task.state.terminal:
             self._tasks.pop(task.id, None)
         else:
             self._tasks[task.id] = task
-        self._batch.put_task(task)
+            self._state_counts[task.state] += 1
 
     def _record_attempt(self, att: Attempt, *, new: bool = False) -> None:
         key = (att.task_id, att.number)
