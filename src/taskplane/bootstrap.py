@@ -91,7 +91,12 @@ def build_platform(settings: Settings) -> Platform:
     clock = SystemClock()
     base_env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
     base_env.setdefault("PATH", os.defpath)
-    engine = Engine(store, executor, clock, EngineConfig(kill_grace=settings.kill_grace, base_env=base_env))
+    engine = Engine(
+        store,
+        executor,
+        clock,
+        EngineConfig(kill_grace=settings.kill_grace, node_queue=settings.node_queue, base_env=base_env),
+    )
     defaults = Resources(
         millicpu=q.parse_millicpu(settings.default_cpu, field="default_cpu"),
         memory=q.parse_bytes(settings.default_memory, field="default_memory"),

@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     # Per stream per attempt. Enforced with RLIMIT_FSIZE, so it also caps any single file a task writes.
     log_limit: str = "1Gi"
     kill_grace: float = Field(default=10.0, ge=0, le=3600)
+    node_queue: int = Field(default=4, ge=0, le=1000)  # launches a node holds ready beyond its free capacity
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     max_batch_body_bytes: int = Field(default=64 << 20, ge=1024)
     max_batch: int = Field(default=1000, ge=1, le=1000)
