@@ -537,3 +537,21 @@ async def test_tasks_get_default_signals_but_sigxfsz_ignored_and_the_original_fd
     nofile, fsize = ex.log_path("limits", 1, LogStream.STDOUT).read_text().split()
     assert int(nofile) == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     assert int(fsize) * 512 == 1 << 20  # sh reports 512-byte blocks
+
+
+async def test_sigterm_to_the_supervisor_waits_for_running_tasks_so_their_exits_are_kept(harness: Harness) -> None:
+    ex, rec, _ = await harness.open()
+    await ex.start([launch("a", "sh", "-c", "sleep 0.7; exit 7")])
+    (a,) = await rec.starts("a")
+    harness.track(a.pid)
+    await ex.close()
+    first = ex.supervisor_pid
+    assert first is not None
+    os.kill(first, signal.SIGTERM)
+    await asyncio.sleep(0.3)
+    assert process_alive(first), "the supervisor left a running task behind"
+    async with asyncio.timeout(10):
+        while process_alive(first):
+            await asyncio.sleep(0.02)
+    new, rec, recovered = await harness.open()
+    assert [(ev.task_id, ev.outcome.exit_code, ev.outcome.lost) for ev in recovered.exited] == [("a", 7, None)]

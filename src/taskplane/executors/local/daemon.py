@@ -142,6 +142,7 @@ class Supervisor:
         self._dirty: set[Conn] = set()
         self._flush_scheduled = False
         self._idle_since: float | None = None
+        self._draining = False
         self._done: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -159,7 +160,7 @@ class Supervisor:
         self._done = asyncio.Event()
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # children inherit SIG_IGN: EFBIG past the output cap
         for sig in (signal.SIGTERM, signal.SIGINT):
-            self.loop.add_signal_handler(sig, self._done.set)
+            self.loop.add_signal_handler(sig, self._on_terminate)
         opts = self.opts
         self.cgroups = detect(opts.cgroups, f"taskplane-{layout.state_hash(opts.state_dir)}")
         for warning in self.cgroups.warnings:
@@ -250,8 +251,26 @@ class Supervisor:
         queued = {key: (p.task_id, p.attempt) for key, p in self.queued.items()}
         return JournalState(self.epoch, {k: v.record for k, v in self.live.items()}, self.exited, queued=queued)
 
+    def _on_terminate(self) -> None:
+        """SIGTERM/SIGINT: exit now when nothing runs; else once the running tasks have ended.
+
+        Exiting under running tasks would orphan them and lose their exit statuses (a restarted supervisor can
+        only report them lost, and lost attempts are retried). SIGKILL, or ``shutdown`` with force, stops now.
+        """
+        assert self._done is not None
+        if not self.live:
+            self._done.set()
+            return
+        self._draining = True
+        log.warning("asked to exit with %d tasks running: exiting once they have ended", len(self.live))
+
     def _idle_tick(self) -> None:
         now = time.monotonic()
+        if self._draining and not self.live:
+            log.info("the running tasks have ended: exiting as asked")
+            assert self._done is not None
+            self._done.set()
+            return
         if self.live or self.exited or self.queued or self.conns:
             self._idle_since = None
         elif self._idle_since is None:
