@@ -553,5 +553,5 @@ async def test_sigterm_to_the_supervisor_waits_for_running_tasks_so_their_exits_
     async with asyncio.timeout(10):
         while process_alive(first):
             await asyncio.sleep(0.02)
-    new, rec, recovered = await harness.open()
+    _, rec, recovered = await harness.open()
     assert [(ev.task_id, ev.outcome.exit_code, ev.outcome.lost) for ev in recovered.exited] == [("a", 7, None)]
