@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +34,27 @@ def server(database_url: str | None = None, **settings: str) -> Iterator[ServerP
         srv.stop()
         kill_supervisor(data / "supervisor")
         shutil.rmtree(data, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def fresh_database(url: str | None) -> Iterator[str | None]:
+    """``url`` scoped to a new, randomly named PostgreSQL schema (dropped afterwards); ``None`` stays ``None``."""
+    if url is None:
+        yield None
+        return
+    from sqlalchemy import create_engine, make_url, text
+
+    schema = f"tp_bench_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        scoped = make_url(url).update_query_dict({"options": f"-csearch_path={schema}"})
+        yield scoped.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
 
 
 def supervisor_pid(srv: ServerProcess) -> int | None:

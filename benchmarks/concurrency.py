@@ -21,41 +21,17 @@ processes count there too). With ``--database-url`` a fresh PostgreSQL schema is
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import random
 import subprocess
 import time
-import uuid
-from collections.abc import Iterator
 from datetime import datetime
 
 import httpx
 
-from common import machine, memory_kib, server, supervisor_pid
+from common import fresh_database, machine, memory_kib, server, supervisor_pid
 
 MIB = 1024
-
-
-@contextlib.contextmanager
-def fresh_database(url: str | None) -> Iterator[str | None]:
-    """``url`` scoped to a new, randomly named PostgreSQL schema (dropped afterwards); ``None`` stays ``None``."""
-    if url is None:
-        yield None
-        return
-    from sqlalchemy import create_engine, make_url, text
-
-    schema = f"tp_bench_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        scoped = make_url(url).update_query_dict({"options": f"-csearch_path={schema}"})
-        yield scoped.render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
 
 
 def count_sleeps() -> int:

@@ -20,39 +20,15 @@ schema is created for the run and dropped afterwards.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import time
-import uuid
-from collections.abc import Iterator
 from datetime import datetime
 
 import httpx
 
-from common import machine, server
+from common import fresh_database, machine, server
 
 TERMINAL = {"succeeded", "failed", "cancelled", "timed_out"}
-
-
-@contextlib.contextmanager
-def fresh_database(url: str | None) -> Iterator[str | None]:
-    """``url`` scoped to a new, randomly named PostgreSQL schema (dropped afterwards); ``None`` stays ``None``."""
-    if url is None:
-        yield None
-        return
-    from sqlalchemy import create_engine, make_url, text
-
-    schema = f"tp_bench_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        scoped = make_url(url).update_query_dict({"options": f"-csearch_path={schema}"})
-        yield scoped.render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
 
 
 def percentile(sorted_values: list[float], p: float) -> float:
