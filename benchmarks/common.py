@@ -9,13 +9,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.support.server import ServerProcess
+from tests.support.services import scoped_schema
 from tests.support.supervisor import kill_supervisor
 
 
@@ -42,19 +42,8 @@ def fresh_database(url: str | None) -> Iterator[str | None]:
     if url is None:
         yield None
         return
-    from sqlalchemy import create_engine, make_url, text
-
-    schema = f"tp_bench_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        scoped = make_url(url).update_query_dict({"options": f"-csearch_path={schema}"})
-        yield scoped.render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
+    with scoped_schema(url, "tp_bench") as scoped:
+        yield scoped
 
 
 def supervisor_pid(srv: ServerProcess) -> int | None:

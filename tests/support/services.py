@@ -60,14 +60,11 @@ def postgres_url() -> str:
 
 
 @contextmanager
-def postgres_schema(prefix: str = "tp_test") -> Iterator[str]:
-    """A fresh, randomly named schema; yields a URL whose connections use it (``search_path``), then drops it.
-
-    Tests running in parallel each get their own tables, sequences and ``alembic_version``.
-    """
+def scoped_schema(base: str, prefix: str) -> Iterator[str]:
+    """A fresh, randomly named schema in the database at ``base``; yields a URL whose connections use it
+    (``search_path``), then drops it. No pytest here: benchmarks use it too."""
     from sqlalchemy import create_engine, make_url, text
 
-    base = postgres_url()
     schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = create_engine(base, isolation_level="AUTOCOMMIT")
     try:
@@ -79,3 +76,13 @@ def postgres_schema(prefix: str = "tp_test") -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         admin.dispose()
+
+
+@contextmanager
+def postgres_schema(prefix: str = "tp_test") -> Iterator[str]:
+    """A fresh schema of the test PostgreSQL (skipping, or failing when required, if it is down).
+
+    Tests running in parallel each get their own tables, sequences and ``alembic_version``.
+    """
+    with scoped_schema(postgres_url(), prefix) as url:
+        yield url
