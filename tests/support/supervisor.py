@@ -24,8 +24,31 @@ def _pids_of_tasks(supervisor_pid: int) -> list[int]:
     return children
 
 
+def remove_cgroups(state_dir: Path) -> None:
+    """Remove the (empty) cgroup subtree a SIGKILLed supervisor of ``state_dir`` left below our own cgroups."""
+    from taskplane.executors.local.layout import state_hash
+
+    name = f"taskplane-{state_hash(state_dir)}"
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        for controller in controllers.split(",") if controllers else ["unified"]:
+            top = Path("/sys/fs/cgroup") / controller.removeprefix("name=") / path.lstrip("/") / name
+            if not top.is_dir():
+                continue
+            for child in sorted(top.iterdir()):
+                if child.is_dir():
+                    with contextlib.suppress(OSError):
+                        child.rmdir()
+            with contextlib.suppress(OSError):
+                top.rmdir()
+
+
 def kill_supervisor(state_dir: Path) -> None:
-    """SIGKILL every task process group the supervisor parents, then the supervisor itself."""
+    """SIGKILL every task process group the supervisor parents, then the supervisor; remove its cgroups."""
     pidfile = state_dir / "supervisor.pid"
     try:
         pid = int(pidfile.read_text().strip())
@@ -43,7 +66,8 @@ def kill_supervisor(state_dir: Path) -> None:
             with open(f"/proc/{pid}/stat") as fh:
                 state = fh.read().rsplit(")", 1)[1].split()[0]
         except OSError:
-            return
+            break
         if state in ("Z", "X"):
-            return
+            break
         time.sleep(0.02)
+    remove_cgroups(state_dir)
