@@ -43,7 +43,14 @@ from taskplane.domain.task import (
     Task,
     TaskState,
 )
-from taskplane.errors import ConflictError, InvalidTransitionError, NotFoundError, TaskplaneError, UnavailableError
+from taskplane.errors import (
+    ConflictError,
+    InternalError,
+    InvalidTransitionError,
+    NotFoundError,
+    TaskplaneError,
+    UnavailableError,
+)
 from taskplane.scheduler import Candidate, NodeSnapshot, schedule
 from taskplane.services.ports import (
     ChangeSet,
@@ -388,12 +395,16 @@ class Engine:
             if held is not None and held.state is TaskState.PENDING:
                 self._enqueue(held)
 
+        # Each item is handled on its own: a bug in one must not drop the others (their exits would go unrecorded).
         events, self._events = self._events, []
         for ev in events:
-            if isinstance(ev, Started):
-                self._on_started(ev)
-            else:
-                self._on_exited(ev, now)
+            try:
+                if isinstance(ev, Started):
+                    self._on_started(ev)
+                else:
+                    self._on_exited(ev, now)
+            except Exception:
+                log.exception("engine: handling %s failed", ev)
 
         cancels, self._cancels = self._cancels, []
         for task_id, fut in cancels:
@@ -401,17 +412,26 @@ class Engine:
                 batch.replies.append((fut, self._on_cancel(task_id, now)))
             except TaskplaneError as exc:
                 batch.replies.append((fut, exc))
+            except Exception:
+                log.exception("engine: cancelling %s failed", task_id)
+                batch.replies.append((fut, InternalError(f"cancelling task {task_id} failed; see the server log")))
 
         for timer in self._timers.pop_due(now.timestamp()):
-            self._on_timer(timer.kind, timer.task_id, timer.attempt, now)
+            try:
+                self._on_timer(timer.kind, timer.task_id, timer.attempt, now)
+            except Exception:
+                log.exception("engine: timer %s failed", timer)
 
-        launches = self._place(now)
-        if batch.has_work():
-            self._batch_ready.set()
-        if launches:
-            # Ahead of the commit, on purpose (see the module docstring), and without waiting for the
-            # executor's reply: the next step need not wait for processes to be spawned.
-            self._background(self._executor.start(launches), "start")
+        launches: list[Launch] = []
+        try:
+            self._place(now, launches)
+        finally:
+            if batch.has_work():
+                self._batch_ready.set()
+            if launches:
+                # Ahead of the commit, on purpose (see the module docstring), and without waiting for the
+                # executor's reply: the next step need not wait for processes to be spawned.
+                self._background(self._executor.start(launches), "start")
 
     def _background(self, work: Coroutine[Any, Any, None], what: str) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -788,11 +808,11 @@ class Engine:
         )
         self._batch.finished.append(task_id)
 
-    def _place(self, now: datetime) -> list[Launch]:
+    def _place(self, now: datetime, launches: list[Launch]) -> None:
         node = self._node or self._executor.capacity()
         if not len(self._ready):
             self._blocked = None
-            return []
+            return
         handed = ZERO
         for res in self._handoff.values():
             handed = handed + res
@@ -800,7 +820,6 @@ class Engine:
         snapshot = [NodeSnapshot(node.node, node.total, used, count, node.max_tasks)]
         plan = schedule(snapshot, self._candidates())
         self._blocked = plan.blocked
-        launches: list[Launch] = []
         for task_id, reason in plan.never_fits:
             self._ready.discard(task_id)
             self._parked[task_id] = reason
@@ -825,7 +844,6 @@ class Engine:
                 launches.append(self._launch(task, number))
         self._recall_for_priority()
         self._ready.compact()
-        return launches
 
     def _recall(self, task_id: str) -> None:
         """Take a task's launch back from the node's queue (it may already have started: then stop it)."""
