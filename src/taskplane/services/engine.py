@@ -165,6 +165,7 @@ class Engine:
         self._handed: dict[str, int] = {}  # task id -> attempt number in the handoff
         self._reserved: dict[str, int] = {}  # task id -> highest attempt number ever sent
         self._unqueueing: set[AttemptKey] = set()
+        self._finishing: set[str] = set()  # ended in memory, end not committed yet
         self._blocked: tuple[str, PendingReason] | None = None
         self._node: NodeCapacity | None = None
         # inbox
@@ -209,6 +210,8 @@ class Engine:
             owner = self._tasks.get(key[0])
             if owner is not None and owner.state is TaskState.PENDING and key[1] > owner.attempts:
                 self._hand_off(owner, key[1])
+            elif owner is not None and owner.state.live and key[1] == owner.attempts:
+                pass  # placed and recorded; the node starts it when it fits
             else:
                 self._batch.stops.append(key)  # nobody wants it any more
         self._events.extend(recovered.running)
@@ -299,7 +302,7 @@ class Engine:
 
     async def wait_terminal(self, task_id: str, timeout: float) -> None:
         """Return when the task's end is committed, or when ``timeout`` passes."""
-        if task_id not in self._tasks:
+        if task_id not in self._tasks and task_id not in self._finishing:
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(task_id, []).append(fut)
@@ -431,7 +434,7 @@ class Engine:
             if launches:
                 # Ahead of the commit, on purpose (see the module docstring), and without waiting for the
                 # executor's reply: the next step need not wait for processes to be spawned.
-                self._background(self._executor.start(launches), "start")
+                self._background(self._start(launches), "start")
 
     def _background(self, work: Coroutine[Any, Any, None], what: str) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -458,8 +461,31 @@ class Engine:
                     await self._commit(batch.changes())
                     self.commits += 1
                 await self._after_commit(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the committer must outlive any single failure
+                log.exception("engine: acting on a committed batch failed")
             finally:
                 self._idle.set()
+
+    async def _start(self, launches: list[Launch]) -> None:
+        """Hand launches to the executor, retrying until it takes them (it ignores attempts it already has)."""
+        delay = 0.1
+        while not self._closing:
+            try:
+                await self._executor.start(launches)
+                return
+            except ConflictError:
+                log.error("the executor is fenced by a newer server; not starting %d launches", len(launches))
+                return
+            except Exception as exc:
+                log.warning("could not hand %d launches to the executor (%s); retrying", len(launches), exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _nudge_later(self, delay: float = 1.0) -> None:
+        await asyncio.sleep(delay)
+        self._batch_ready.set()
 
     async def _commit(self, changes: ChangeSet) -> None:
         if not (changes.tasks or changes.new_attempts or changes.attempts or changes.events):
@@ -486,10 +512,22 @@ class Engine:
 
     async def _after_commit(self, batch: _Batch) -> None:
         try:
-            for task_id, attempt in batch.stops:
-                await self._executor.stop(task_id, attempt, self._config.kill_grace)
+            retry_stops: list[AttemptKey] = []
+            for key in batch.stops:
+                try:
+                    await self._executor.stop(key[0], key[1], self._config.kill_grace)
+                except Exception as exc:  # idempotent: try again with the next batch
+                    log.warning("could not stop %s.%d (%s); will retry", key[0], key[1], exc)
+                    retry_stops.append(key)
             if batch.acks:
-                await self._executor.ack(batch.acks)
+                try:
+                    await self._executor.ack(batch.acks)
+                except Exception as exc:  # unacked exits are replayed, and replays are ignored: safe to retry
+                    log.warning("could not acknowledge %d exits (%s); will retry", len(batch.acks), exc)
+                    self._batch.acks.extend(batch.acks)
+            self._batch.stops.extend(retry_stops)
+            if retry_stops or self._batch.acks:
+                self._background(self._nudge_later(), "retry")
         finally:
             for fut, result in batch.replies:
                 if fut.done():
@@ -499,6 +537,7 @@ class Engine:
                 else:
                     fut.set_result(result)
             for task_id in batch.finished:
+                self._finishing.discard(task_id)
                 for waiter in self._waiters.pop(task_id, []):
                     if not waiter.done():
                         waiter.set_result(None)
@@ -543,6 +582,7 @@ class Engine:
             self._state_counts[old.state] -= 1
         if task.state.terminal:
             self._tasks.pop(task.id, None)
+            self._finishing.add(task.id)  # until its end is committed: waiters keep waiting
         else:
             self._tasks[task.id] = task
             self._state_counts[task.state] += 1
@@ -657,7 +697,7 @@ class Engine:
                 self._enqueue(owner)  # taken back (or lost by a restarted node): queue it here again
                 return
             self._begin_attempt(owner, ev.attempt, self._node_name(), ev.started_at or ev.at, from_node_queue=True)
-        if key not in self._attempts:
+        if key not in self._attempts and not ev.never_started:  # no process ran: nothing to adopt
             self._adopt(ev.task_id, ev.attempt, ev.started_at or ev.at)
         att = self._attempts.get(key)
         task = self._tasks.get(ev.task_id)
@@ -736,7 +776,13 @@ class Engine:
             self._batch.finished.append(task.id)
             return
         task = self._move(
-            task, TaskState.PENDING, at, type_="requeued", data={"message": message}, pending_reason=reason
+            task,
+            TaskState.PENDING,
+            at,
+            type_="requeued",
+            data={"message": message},
+            pending_reason=reason,
+            infra_failures=task.infra_failures + 1,  # not one of the user's attempts
         )
         self._enqueue(task)
 
