@@ -86,7 +86,6 @@ class EngineConfig:
 class LiveView:
     """What the engine knows of a task beyond its stored row."""
 
-    task: Task
     reason: PendingReason | None
     queue_position: int | None
 
@@ -336,23 +335,22 @@ class Engine:
             at = next((i for i, k in enumerate(self._handoff) if k == key), None) if position else None
             node = self._node.node if self._node is not None else self._executor.name
             reason = PendingReason("node_queue", f"next in line on {node}: starts there as soon as a slot frees up")
-            return LiveView(task, reason, at)
+            return LiveView(reason, at)
         if task.state is not TaskState.PENDING:
-            return LiveView(task, None, None)
+            return LiveView(None, None)
         if task_id in self._parked:
-            return LiveView(task, self._parked[task_id], None)
+            return LiveView(self._parked[task_id], None)
         if task.not_before is not None and task.not_before > self._clock.now():
-            return LiveView(task, task.pending_reason, None)
+            return LiveView(task.pending_reason, None)
         queued = task_id in self._ready
         index = self._ready.position(task_id) if position and queued else None
         where = None if index is None else len(self._handoff) + index  # the node's queue goes first
         if self._blocked is None or not queued:
-            return LiveView(task, PendingReason("queued", "waiting for the next scheduling cycle"), where)
+            return LiveView(PendingReason("queued", "waiting for the next scheduling cycle"), where)
         head, head_reason = self._blocked
         if head == task_id:
-            return LiveView(task, head_reason, where)
+            return LiveView(head_reason, where)
         return LiveView(
-            task,
             PendingReason("queued", f"queued behind {head} ({head_reason.message})", resource=head_reason.resource),
             where,
         )

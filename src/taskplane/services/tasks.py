@@ -140,7 +140,7 @@ class TaskService:
         """One task with its attempts, live pending reason and queue position."""
         task = await self._load(task_id)
         attempts = await self._store.get_attempts(task_id)
-        view = self._engine.view(task_id) if task.state in (TaskState.PENDING, TaskState.ADMITTED) else None
+        view = self._engine.view(task_id) if task.state is TaskState.PENDING else None
         if view is None:
             return task_out(task, attempts)
         return task_out(task, attempts, reason=view.reason, queue_position=view.queue_position)
