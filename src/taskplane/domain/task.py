@@ -100,6 +100,10 @@ class TaskSpec:
     timeouts: Timeouts = Timeouts()
     retry: RetryPolicy = RetryPolicy()
     name: str | None = None
+    pool: str = "default"  # resolved at submission: the named pool, or the tenant's first allowed pool
+    node_selector: Mapping[str, str] = field(default_factory=dict)  # node labels the task needs
+    reservation: str | None = None  # run inside this reservation's held capacity
+    simulated_duration: float | None = None  # on the simulated executor: how long the task "runs"
 
     def argv(self) -> tuple[str, ...]:
         """The argv to execute: the command itself, or ``/bin/sh -c`` around it when ``shell`` is set."""
@@ -112,10 +116,10 @@ class TaskSpec:
 class PendingReason:
     """Why a task is not running, machine readable."""
 
-    code: str  # no_capacity, task_limit, backoff, never_fits, queued, retrying
+    code: str  # no_capacity, quota_exhausted, never_fits, preempting, waiting_for_reservation, backoff, ...
     message: str
     resource: str | None = None
-    until: datetime | None = None
+    until: datetime | None = None  # end of a backoff
 
 
 @dataclass(frozen=True, slots=True)

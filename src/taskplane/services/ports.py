@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from taskplane.domain.outcome import AttemptOutcome
+from taskplane.domain.pool import Node
+from taskplane.domain.reservation import Reservation
 from taskplane.domain.resources import Resources
 from taskplane.domain.task import Attempt, Task, TaskState
+from taskplane.domain.tenant import Tenant
 
 # ---------------------------------------------------------------------------------------------- time
 
@@ -91,9 +94,10 @@ class ChangeSet:
     new_attempts: list[Attempt] = field(default_factory=list)
     attempts: list[Attempt] = field(default_factory=list)  # full new rows of attempts that changed
     events: list[TaskEvent] = field(default_factory=list)
+    reservations: list[Reservation] = field(default_factory=list)  # full new rows of reservations that changed
 
     def __bool__(self) -> bool:
-        return bool(self.tasks or self.new_attempts or self.attempts or self.events)
+        return bool(self.tasks or self.new_attempts or self.attempts or self.events or self.reservations)
 
 
 class TaskStore(Protocol):
@@ -132,6 +136,10 @@ class TaskStore(Protocol):
         """All non-terminal tasks (oldest first) and all non-terminal attempts: the engine's state after a restart."""
         ...
 
+    async def load_reservations(self) -> list[Reservation]:
+        """All pending and active reservations, oldest first."""
+        ...
+
     async def next_epoch(self) -> int:
         """Increment and return the server epoch, a fencing token for executor sessions."""
         ...
@@ -142,6 +150,68 @@ class TaskStore(Protocol):
 
     async def close(self) -> None:
         """Release connections."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """What one tenant's attempts in one pool requested and used over a window.
+
+    ``*_seconds`` integrate the request over the part of each attempt inside the window (an attempt still
+    running counts up to the window's end). ``used_cpu_seconds`` sums what executors measured, for attempts
+    that ended inside the window; ``None`` when no executor measured any.
+    """
+
+    tenant: str
+    pool: str
+    attempts: int
+    cpu_seconds: float  # requested cores x seconds
+    memory_byte_seconds: float
+    gpu_seconds: float
+    used_cpu_seconds: float | None
+    peak_memory: int | None  # the largest measured peak among those attempts
+
+
+class AdminStore(Protocol):
+    """Tenants and reservations. Every method is one transaction."""
+
+    async def list_tenants(self) -> list[Tenant]:
+        """Every stored tenant, by name. The implicit ``default`` tenant is listed only once stored."""
+        ...
+
+    async def get_tenant(self, name: str) -> Tenant | None:
+        """One tenant, or ``None``."""
+        ...
+
+    async def create_tenant(self, tenant: Tenant) -> Tenant:
+        """Insert; ``ConflictError`` (code ``tenant_exists``) when the name is taken."""
+        ...
+
+    async def update_tenant(self, tenant: Tenant) -> Tenant:
+        """Replace the stored row by name; ``NotFoundError`` (code ``tenant_not_found``) when missing."""
+        ...
+
+    async def delete_tenant(self, name: str) -> None:
+        """Delete; ``ConflictError`` (code ``tenant_not_empty``) when it has a non-terminal task or reservation.
+
+        The check and the delete are one transaction. ``NotFoundError`` (``tenant_not_found``) when missing.
+        """
+        ...
+
+    async def create_reservation(self, reservation: Reservation) -> Reservation:
+        """Insert a new reservation; the returned row carries its ``seq``."""
+        ...
+
+    async def get_reservation(self, reservation_id: str) -> Reservation | None:
+        """One reservation, or ``None``."""
+        ...
+
+    async def list_reservations(self, tenant: str | None = None, live_only: bool = False) -> list[Reservation]:
+        """Reservations (of one tenant if given; only pending/active if ``live_only``), oldest first."""
+        ...
+
+    async def usage(self, start: datetime, end: datetime) -> list[UsageRow]:
+        """Per tenant and pool, what attempts overlapping ``[start, end)`` requested and used."""
         ...
 
 
@@ -166,6 +236,8 @@ class Launch:
     workdir: str | None  # relative to the attempt's sandbox; validated, never absolute
     resources: Resources
     image: str | None = None
+    node: str | None = None  # the node the scheduler chose (executors with one node may ignore it)
+    simulated_duration: float | None = None
 
     @property
     def key(self) -> str:
@@ -217,8 +289,9 @@ class NodeCapacity:
     node: str
     total: Resources
     max_tasks: int
-    cgroups: str  # "v1", "v2" or "none": how limits are enforced
+    cgroups: str  # "v1", "v2" or "none": how limits are enforced ("simulated" on the simulated executor)
     warnings: tuple[str, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 class Executor(Protocol):
@@ -258,7 +331,11 @@ class Executor(Protocol):
         ...
 
     def capacity(self) -> NodeCapacity:
-        """This node's size and limits."""
+        """This node's size and limits (the first node of a multi-node executor)."""
+        ...
+
+    def nodes(self) -> list[NodeCapacity]:
+        """Every node this executor runs attempts on (one for the local executor). Names are unique."""
         ...
 
     async def close(self) -> None:

@@ -233,6 +233,10 @@ class LocalExecutor:
         total, max_tasks = self._size()
         return NodeCapacity(self.config.node_name, total, max_tasks, self._cgroups, self._warnings)
 
+    def nodes(self) -> list[NodeCapacity]:
+        """The one node this executor runs on: this machine."""
+        return [self.capacity()]
+
     def _size(self) -> tuple[Resources, int]:
         if self._total is None:
             cfg = self.config
