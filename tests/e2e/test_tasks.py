@@ -123,7 +123,7 @@ def test_retries_by_failure_class_with_backoff(client):
 
 
 def test_priority_then_fifo(client):
-    hog = submit(client, ["sleep", "30"], resources={"cpu": 4})
+    hog = submit(client, ["sleep", "30"], resources={"cpu": 4}, priority=10)  # above both: never preempted
     wait_state(client, hog["id"], {"running"})
     low = submit(client, ["true"], resources={"cpu": 4}, priority=1)
     high = submit(client, ["true"], resources={"cpu": 4}, priority=9)

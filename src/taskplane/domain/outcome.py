@@ -124,5 +124,6 @@ def next_step(
     if not retry:
         return NextStep(final, failure, counts_as_infra=is_infra)
     retry_number = task.attempts
-    delay = backoff_delay(policy, retry_number, random_fraction)
+    # A preempted task did nothing wrong: it queues again at once (it still waits for room like anyone).
+    delay = 0.0 if failure is FailureClass.PREEMPTED else backoff_delay(policy, retry_number, random_fraction)
     return NextStep(TaskState.PENDING, failure, now + timedelta(seconds=delay), counts_as_infra=is_infra)

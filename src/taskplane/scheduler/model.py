@@ -93,7 +93,7 @@ class Snapshot:
     pools: Mapping[str, PoolView]
     nodes: Iterable[NodeView]
     tenants: Mapping[str, TenantView]
-    running: Iterable[RunningView] = ()
+    running_on: Mapping[str, Iterable[RunningView]] = field(default_factory=dict)  # node -> tasks holding room
     reservations: Mapping[str, ReservationView] = field(default_factory=dict)
 
 
@@ -122,7 +122,8 @@ class Policy:
     preemption: bool = True
     max_preemptions: int = 16  # heads that may preempt per cycle
     max_blocked_per_pool: int = 64  # blocked candidates examined per pool before the pool is closed this cycle
-    fair_share: bool = True  # False: strict priority then FIFO across tenants (the baseline)
+    fair_share: bool = True  # False: priority then arrival order across tenants
+    first_fit: bool = False  # True: the first node (in snapshot order) that fits, ignoring the pool's strategy
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,13 +27,15 @@ import contextlib
 import logging
 import random
 from collections import Counter
-from collections.abc import Coroutine, Iterator, Mapping
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 from taskplane.domain.lifecycle import check_transition
 from taskplane.domain.outcome import AttemptOutcome, StopReason, classify, describe, next_step
+from taskplane.domain.pool import Pool
+from taskplane.domain.reservation import Reservation, ReservationState
 from taskplane.domain.resources import ZERO, Resources
 from taskplane.domain.task import (
     Attempt,
@@ -51,8 +53,11 @@ from taskplane.errors import (
     TaskplaneError,
     UnavailableError,
 )
-from taskplane.scheduler import Candidate, NodeSnapshot, schedule
+from taskplane.domain.tenant import DEFAULT_TENANT, Tenant, default_tenant
+from taskplane.scheduler import Candidate, Plan, Policy, schedule
+from taskplane.services.ledger import Ledger, NodeUsage, PoolUsage, TenantCounts
 from taskplane.services.ports import (
+    AdminStore,
     ChangeSet,
     Clock,
     Executor,
@@ -64,11 +69,18 @@ from taskplane.services.ports import (
     TaskEvent,
     TaskStore,
 )
-from taskplane.services.queue import ReadyQueue, TimerHeap
+from taskplane.services.queue import QueueKey, QueueSet, ReadyQueue, TimerHeap
 
 log = logging.getLogger("taskplane.engine")
 
 AttemptKey = tuple[str, int]
+GANG_LANE = "#reservations"
+
+__all__ = ["Engine", "EngineConfig", "EngineStore", "LiveView", "NodeUsage", "PoolUsage", "TenantCounts"]
+
+
+class EngineStore(TaskStore, AdminStore, Protocol):
+    """The storage the engine needs: tasks, plus tenants and reservations."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,10 +88,10 @@ class EngineConfig:
     """The engine's knobs."""
 
     kill_grace: float = 10.0
-    max_placements_per_step: int = 1000
     node_queue: int = 4  # launches handed to a node beyond its free capacity, started there as slots free up
     base_env: Mapping[str, str] | None = None  # variables every task gets (PATH, LANG, ...)
     db_retry_max: float = 5.0
+    policy: Policy = Policy(max_placements=1000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +99,8 @@ class LiveView:
     """What the engine knows of a task beyond its stored row."""
 
     reason: PendingReason | None
-    queue_position: int | None
+    queue_position: int | None  # within its tenant and pool
+    eta: datetime | None = None  # estimated start, where run timeouts allow one
 
 
 class _Batch:
@@ -98,17 +111,27 @@ class _Batch:
         self.new_attempts: dict[AttemptKey, Attempt] = {}
         self.attempts: dict[AttemptKey, Attempt] = {}
         self.events: list[TaskEvent] = []
+        self.reservations: dict[str, Reservation] = {}
         self.acks: list[AttemptKey] = []
         self.stops: list[AttemptKey] = []
         self.replies: list[tuple[asyncio.Future[Task], Task | TaskplaneError]] = []
+        self.released: list[tuple[asyncio.Future[Reservation | None], Reservation | None]] = []
         self.finished: list[str] = []
 
     def __bool__(self) -> bool:
-        return bool(self.tasks or self.new_attempts or self.attempts or self.events or self.acks or self.stops)
+        return bool(
+            self.tasks
+            or self.new_attempts
+            or self.attempts
+            or self.events
+            or self.reservations
+            or self.acks
+            or self.stops
+        )
 
     def has_work(self) -> bool:
         """Anything to commit or to do after a commit."""
-        return bool(self) or bool(self.replies or self.finished)
+        return bool(self) or bool(self.replies or self.released or self.finished)
 
     def put_task(self, task: Task) -> None:
         self.tasks[task.id] = task
@@ -126,6 +149,7 @@ class _Batch:
             new_attempts=list(self.new_attempts.values()),
             attempts=list(self.attempts.values()),
             events=self.events,
+            reservations=list(self.reservations.values()),
         )
 
 
@@ -138,26 +162,38 @@ class Engine:
 
     def __init__(
         self,
-        store: TaskStore,
-        executor: Executor,
+        store: EngineStore,
+        pools: Sequence[tuple[Pool, Executor]],
         clock: Clock,
         config: EngineConfig,
         rng: random.Random | None = None,
     ) -> None:
+        if not pools:
+            raise ValueError("the engine needs at least one pool")
         self._store = store
-        self._executor = executor
+        self._pools = {pool.name: pool for pool, _ in pools}
+        self._executors: dict[str, Executor] = {pool.name: executor for pool, executor in pools}
+        self._ledger = Ledger((pool, executor.name) for pool, executor in pools)
+        # Pools whose single node keeps a FIFO queue of launches (the local executor): they get hand-offs.
+        self._queue_nodes = {
+            pool.nodes[0].name for pool, executor in pools if executor.name == "local" and len(pool.nodes) == 1
+        }
+        self._executor = pools[0][1]  # the first pool's executor: what /platform/capacity reports
         self._clock = clock
         self._config = config
         self._rng = rng or random.Random()
         self._tasks: dict[str, Task] = {}  # every non-terminal task
         self._state_counts: Counter[TaskState] = Counter()
+        self._tenant_counts: Counter[tuple[str, TaskState]] = Counter()
         self._attempts: dict[AttemptKey, Attempt] = {}  # every non-terminal attempt
-        self._ready = ReadyQueue()
-        self._parked: dict[str, PendingReason] = {}  # pending tasks that can never fit
+        self._queues = QueueSet()
+        self._parked: dict[str, PendingReason] = {}  # pending tasks that can never run as configured
+        self._reasons: dict[str, PendingReason] = {}  # why the last cycle left each examined task pending
+        self._etas: dict[str, float] = {}
         self._timers = TimerHeap()
         self._stop_reasons: dict[AttemptKey, StopReason] = {}
-        self._allocated: Resources = ZERO  # what started attempts hold
-        self._live_count = 0
+        self._tenants: dict[str, Tenant] = {DEFAULT_TENANT: default_tenant()}
+        self._reservations: dict[str, Reservation] = {}  # pending and active
         # Launches handed to the node's queue beyond free capacity. Their tasks stay pending (nothing is written)
         # until the node starts them; attempt numbers are reserved so a number is never sent twice.
         self._handoff: dict[AttemptKey, Resources] = {}
@@ -165,12 +201,11 @@ class Engine:
         self._reserved: dict[str, int] = {}  # task id -> highest attempt number ever sent
         self._unqueueing: set[AttemptKey] = set()
         self._finishing: set[str] = set()  # ended in memory, end not committed yet
-        self._blocked: tuple[str, PendingReason] | None = None
-        self._node: NodeCapacity | None = None
         # inbox
         self._new: list[Task] = []
         self._events: list[ExecutorEvent] = []
         self._cancels: list[tuple[str, asyncio.Future[Task]]] = []
+        self._releases: list[tuple[str, asyncio.Future[Reservation | None]]] = []
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._wake = asyncio.Event()
         # outbox
@@ -188,34 +223,47 @@ class Engine:
     # ------------------------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Recover from the database and the executor, then run the loop."""
+        """Recover from the database and the executors, then run the loop."""
         tasks, attempts = await self._store.load_unfinished()
+        for tenant in await self._store.list_tenants():
+            self._tenants[tenant.name] = tenant
+        reservations = await self._store.load_reservations()
         epoch = await self._store.next_epoch()
-        recovered = await self._executor.open(epoch, self._on_events)
-        self._node = self._executor.capacity()
+        running: list[Started] = []
+        exited: list[Exited] = []
+        queued: list[tuple[str, int]] = []
+        for executor in self._executors.values():
+            recovered = await executor.open(epoch, self._on_events)
+            running.extend(recovered.running)
+            exited.extend(recovered.exited)
+            queued.extend(recovered.queued)
         now = self._clock.now()
+        for res in reservations:
+            self._recover_reservation(res, now)
         for att in attempts:
             self._attempts[(att.task_id, att.number)] = att
         for task in tasks:
             self._hold(task)
         for task in tasks:
             self._recover_task(task, now)
-        seen: set[AttemptKey] = {(ev.task_id, ev.attempt) for ev in recovered.running}
-        seen.update((ev.task_id, ev.attempt) for ev in recovered.exited)
-        seen.update(recovered.queued)
+        seen: set[AttemptKey] = {(ev.task_id, ev.attempt) for ev in running}
+        seen.update((ev.task_id, ev.attempt) for ev in exited)
+        seen.update(queued)
         for task_id, number in seen:
             self._reserved[task_id] = max(number, self._reserved.get(task_id, 0))
-        for key in recovered.queued:
+        for key in queued:
             owner = self._tasks.get(key[0])
             if owner is not None and owner.state is TaskState.PENDING and key[1] > owner.attempts:
-                self._hand_off(owner, key[1])
-            elif owner is not None and owner.state.live and key[1] == owner.attempts:
-                pass  # placed and recorded; the node starts it when it fits
-            else:
-                self._batch.stops.append(key)  # nobody wants it any more
-        self._events.extend(recovered.running)
-        self._events.extend(recovered.exited)
-        # An attempt the database thinks is live but the executor does not know was lost.
+                node = next(iter(self._queue_nodes), None)
+                if node is not None:
+                    self._hand_off(owner, key[1], node)
+                    continue
+            if owner is not None and owner.state.live and key[1] == owner.attempts:
+                continue  # placed and recorded; the node starts it when it fits
+            self._batch.stops.append(key)  # nobody wants it any more
+        self._events.extend(running)
+        self._events.extend(exited)
+        # An attempt the database thinks is live but no executor knows was lost.
         for key, att in list(self._attempts.items()):
             owner = self._tasks.get(key[0])
             if key in seen or owner is None or owner.attempts != att.number or not owner.state.live:
@@ -226,16 +274,36 @@ class Engine:
             else:
                 self._events.append(Exited(key[0], key[1], now, AttemptOutcome(lost="the executor lost it")))
         log.info(
-            "engine recovered: %d unfinished tasks, %d live attempts, %d running and %d exited reported by %s",
+            "engine recovered: %d unfinished tasks, %d live attempts, %d reservations; executors report "
+            "%d running and %d exited",
             len(tasks),
             len(attempts),
-            len(recovered.running),
-            len(recovered.exited),
-            self._executor.name,
+            len(reservations),
+            len(running),
+            len(exited),
         )
         self._committer_task = asyncio.create_task(self._committer(), name="taskplane-committer")
         self._loop_task = asyncio.create_task(self._run(), name="taskplane-engine")
         self._wake.set()
+
+    def _recover_reservation(self, res: Reservation, now: datetime) -> None:
+        if res.state is ReservationState.ACTIVE:
+            if any(self._ledger.node(node) is None for node in res.nodes):
+                gone = replace(
+                    res,
+                    state=ReservationState.RELEASED,
+                    ended_at=now,
+                    updated_at=now,
+                    message="released: a node it held is no longer configured",
+                )
+                self._batch.reservations[res.id] = gone
+                return
+            self._ledger.hold(res)
+        else:
+            self._queues.push(res.id, (res.tenant, res.pool, GANG_LANE), res.priority)
+        self._reservations[res.id] = res
+        if res.expires_at is not None:
+            self._timers.add(_epoch(res.expires_at), "reservation_expiry", res.id)
 
     def _recover_task(self, task: Task, now: datetime) -> None:
         key = (task.id, task.attempts)
@@ -244,11 +312,14 @@ class Engine:
         if task.state is TaskState.PENDING:
             self._enqueue(task)
             return
-        self._allocate(task.spec.resources)
+        att = self._attempts.get(key)
+        if att is not None and self._ledger.node(att.node) is not None:
+            started = att.started_at or att.created_at
+            self._ledger.charge(task, att.node, started_at=_epoch(started))
         if task.state is TaskState.CANCELLING:
             self._stop_reasons[key] = StopReason.CANCEL
             self._batch.stops.append(key)
-        att = self._attempts.get(key)
+            self._ledger.terminating(task.id)
         run = task.spec.timeouts.run
         if att is not None and att.started_at is not None and run is not None:
             self._timers.add(_epoch(att.started_at) + run, "run_timeout", task.id, task.attempts)
@@ -273,7 +344,9 @@ class Engine:
             for fut in futures:
                 if not fut.done():
                     fut.cancel()
-        await self._executor.close()
+        for executor in self._executors.values():
+            with contextlib.suppress(Exception):
+                await executor.close()
 
     async def _flush(self) -> None:
         while self._batch.has_work() or not self._idle.is_set():
@@ -325,7 +398,7 @@ class Engine:
         return att is not None and not att.state.terminal
 
     def view(self, task_id: str, *, position: bool = True) -> LiveView | None:
-        """The engine's live view of a task: its pending reason and (if asked, O(queue)) queue position."""
+        """The engine's live view of a task: its pending reason, (if asked, O(queue)) queue position, and eta."""
         task = self._tasks.get(task_id)
         if task is None:
             return None
@@ -333,7 +406,8 @@ class Engine:
         if task.state is TaskState.PENDING and number is not None:
             key = (task_id, number)
             at = next((i for i, k in enumerate(self._handoff) if k == key), None) if position else None
-            node = self._node.node if self._node is not None else self._executor.name
+            charge = self._ledger.charge_of(task_id)
+            node = charge.node if charge is not None else self._executor.name
             reason = PendingReason("node_queue", f"next in line on {node}: starts there as soon as a slot frees up")
             return LiveView(reason, at)
         if task.state is not TaskState.PENDING:
@@ -342,26 +416,112 @@ class Engine:
             return LiveView(self._parked[task_id], None)
         if task.not_before is not None and task.not_before > self._clock.now():
             return LiveView(task.pending_reason, None)
-        queued = task_id in self._ready
-        index = self._ready.position(task_id) if position and queued else None
-        where = None if index is None else len(self._handoff) + index  # the node's queue goes first
-        if self._blocked is None or not queued:
+        queue = self._queues.key_of(task_id)
+        if queue is None:
+            return LiveView(PendingReason("queued", "waiting for the next scheduling cycle"), None)
+        index = self._queues.position(task_id) if position else None
+        ahead = sum(1 for handed in self._handoff if self._tasks_key(handed[0]) == queue)  # the node's queue is first
+        where = None if index is None else index + ahead
+        blocked = self._reasons.get(task_id)
+        if blocked is not None:
+            eta = self._etas.get(task_id)
+            return LiveView(blocked, where, None if eta is None else datetime.fromtimestamp(eta, UTC))
+        head = self._queues.head(queue)
+        head_reason = self._reasons.get(head) if head is not None else None
+        if head is None or head_reason is None:
             return LiveView(PendingReason("queued", "waiting for the next scheduling cycle"), where)
-        head, head_reason = self._blocked
-        if head == task_id:
-            return LiveView(head_reason, where)
         return LiveView(
             PendingReason("queued", f"queued behind {head} ({head_reason.message})", resource=head_reason.resource),
             where,
         )
 
+    def _tasks_key(self, task_id: str) -> QueueKey | None:
+        task = self._tasks.get(task_id)
+        return None if task is None else self._queue_key(task)
+
     def capacity(self) -> tuple[NodeCapacity, Resources, int]:
-        """This node's capacity, what is allocated on it, and how many tasks are live."""
-        return self._node or self._executor.capacity(), self._allocated, self._live_count
+        """The first pool's first node: its capacity, what is allocated on it, and how many tasks it runs."""
+        node = self._executor.capacity()
+        usage = next((n for p in self._ledger.pool_usage() for n in p.nodes if n.node == node.node), None)
+        if usage is None:
+            return node, ZERO, 0
+        return node, usage.allocated + usage.reserved, usage.tasks
 
     def counts(self) -> dict[str, int]:
         """Live tasks by state (for metrics and capacity)."""
         return {state.value: n for state, n in self._state_counts.items() if n}
+
+    # ----------------------------------------------------------------------- pools, tenants, reservations
+
+    def pools(self) -> list[PoolUsage]:
+        """Every pool with its nodes' totals, allocations and reservations."""
+        return self._ledger.pool_usage()
+
+    def pool(self, name: str) -> Pool | None:
+        """A configured pool."""
+        return self._pools.get(name)
+
+    def executor_of(self, pool: str) -> Executor | None:
+        """The executor serving a pool."""
+        return self._executors.get(pool)
+
+    def tenant(self, name: str) -> Tenant | None:
+        """A tenant (``default`` always exists)."""
+        return self._tenants.get(name)
+
+    def tenants(self) -> list[Tenant]:
+        """Every tenant, by name."""
+        return sorted(self._tenants.values(), key=lambda t: t.name)
+
+    def set_tenant(self, tenant: Tenant) -> None:
+        """A tenant was created or updated (and committed): its quota and weight apply from the next cycle."""
+        self._tenants[tenant.name] = tenant
+        # A quota change may let parked tasks run (or park others): let the scheduler look at them again.
+        for task_id in [t for t in self._parked if self._tasks[t].spec.tenant == tenant.name]:
+            self._unpark(task_id)
+        self._wake.set()
+
+    def drop_tenant(self, name: str) -> None:
+        """A tenant was deleted (and committed)."""
+        if name != DEFAULT_TENANT:
+            self._tenants.pop(name, None)
+
+    def tenant_counts(self, name: str) -> TenantCounts:
+        """A tenant's live work."""
+        counts = self._tenant_counts
+        pending = counts[(name, TaskState.PENDING)]
+        running = sum(counts[(name, state)] for state in (TaskState.ADMITTED, TaskState.STARTING, TaskState.RUNNING))
+        running += counts[(name, TaskState.CANCELLING)]
+        held = sum(1 for r in self._reservations.values() if r.tenant == name)
+        return TenantCounts(pending, running, self._ledger.usage(name), held)
+
+    def reservation(self, reservation_id: str) -> Reservation | None:
+        """A live (pending or active) reservation."""
+        return self._reservations.get(reservation_id)
+
+    def reservation_created(self, reservation: Reservation) -> None:
+        """A new pending reservation (committed by the caller): admit it when all of it fits."""
+        if reservation.id in self._reservations:
+            return
+        self._reservations[reservation.id] = reservation
+        key = (reservation.tenant, reservation.pool, GANG_LANE)
+        self._queues.push(reservation.id, key, reservation.priority)
+        if reservation.expires_at is not None:
+            self._timers.add(_epoch(reservation.expires_at), "reservation_expiry", reservation.id)
+        self._wake.set()
+
+    async def release(self, reservation_id: str) -> Reservation | None:
+        """Release a live reservation; returns its committed row, ``None`` if it is not live."""
+        if reservation_id not in self._reservations:
+            return None
+        fut: asyncio.Future[Reservation | None] = asyncio.get_running_loop().create_future()
+        self._releases.append((reservation_id, fut))
+        self._wake.set()
+        return await fut
+
+    def live_usage(self) -> dict[tuple[str, str], Resources]:
+        """(tenant, pool) -> what its tasks and reservations hold now."""
+        return self._ledger.live_usage()
 
     # -------------------------------------------------------------------------------------- the loop
 
@@ -417,6 +577,14 @@ class Engine:
                 log.exception("engine: cancelling %s failed", task_id)
                 batch.replies.append((fut, InternalError(f"cancelling task {task_id} failed; see the server log")))
 
+        releases, self._releases = self._releases, []
+        for reservation_id, rfut in releases:
+            try:
+                batch.released.append((rfut, self._end_reservation(reservation_id, ReservationState.RELEASED, now)))
+            except Exception:
+                log.exception("engine: releasing %s failed", reservation_id)
+                batch.released.append((rfut, None))
+
         for timer in self._timers.pop_due(now.timestamp()):
             try:
                 self._on_timer(timer.kind, timer.task_id, timer.attempt, now)
@@ -466,12 +634,32 @@ class Engine:
             finally:
                 self._idle.set()
 
+    def _executor_of_node(self, node: str | None) -> Executor | None:
+        pool = self._ledger.pool_of(node) if node is not None else None
+        return None if pool is None else self._executors.get(pool)
+
+    def _executors_of_key(self, key: AttemptKey) -> list[Executor]:
+        """The executor running an attempt, or every executor when we no longer know (stops are idempotent)."""
+        att = self._attempts.get(key)
+        charge = self._ledger.charge_of(key[0])
+        node = att.node if att is not None else charge.node if charge is not None else None
+        executor = self._executor_of_node(node)
+        return [executor] if executor is not None else list(self._executors.values())
+
     async def _start(self, launches: list[Launch]) -> None:
-        """Hand launches to the executor, retrying until it takes them (it ignores attempts it already has)."""
+        """Hand launches to their pools' executors (in order, per executor)."""
+        groups: dict[str, list[Launch]] = {}
+        for launch in launches:
+            pool = self._ledger.pool_of(launch.node) if launch.node is not None else None
+            groups.setdefault(pool or next(iter(self._executors)), []).append(launch)
+        await asyncio.gather(*(self._start_on(self._executors[pool], group) for pool, group in groups.items()))
+
+    async def _start_on(self, executor: Executor, launches: list[Launch]) -> None:
+        """Hand launches to an executor, retrying until it takes them (it ignores attempts it already has)."""
         delay = 0.1
         while not self._closing:
             try:
-                await self._executor.start(launches)
+                await executor.start(launches)
                 return
             except ConflictError:
                 log.error("the executor is fenced by a newer server; not starting %d launches", len(launches))
@@ -486,7 +674,7 @@ class Engine:
         self._batch_ready.set()
 
     async def _commit(self, changes: ChangeSet) -> None:
-        if not (changes.tasks or changes.new_attempts or changes.attempts or changes.events):
+        if not changes:
             return
         delay, tries = 0.05, 0
         while True:
@@ -513,13 +701,15 @@ class Engine:
             retry_stops: list[AttemptKey] = []
             for key in batch.stops:
                 try:
-                    await self._executor.stop(key[0], key[1], self._config.kill_grace)
+                    for executor in self._executors_of_key(key):
+                        await executor.stop(key[0], key[1], self._config.kill_grace)
                 except Exception as exc:  # idempotent: try again with the next batch
                     log.warning("could not stop %s.%d (%s); will retry", key[0], key[1], exc)
                     retry_stops.append(key)
             if batch.acks:
                 try:
-                    await self._executor.ack(batch.acks)
+                    for executor in self._executors.values():
+                        await executor.ack(batch.acks)
                 except Exception as exc:  # unacked exits are replayed, and replays are ignored: safe to retry
                     log.warning("could not acknowledge %d exits (%s); will retry", len(batch.acks), exc)
                     self._batch.acks.extend(batch.acks)
@@ -534,6 +724,9 @@ class Engine:
                     fut.set_exception(result)
                 else:
                     fut.set_result(result)
+            for rfut, row in batch.released:
+                if not rfut.done():
+                    rfut.set_result(row)
             for task_id in batch.finished:
                 self._finishing.discard(task_id)
                 for waiter in self._waiters.pop(task_id, []):
@@ -578,12 +771,15 @@ class Engine:
         old = self._tasks.get(task.id)
         if old is not None:
             self._state_counts[old.state] -= 1
+            self._tenant_counts[(old.spec.tenant, old.state)] -= 1
         if task.state.terminal:
             self._tasks.pop(task.id, None)
+            self._reasons.pop(task.id, None)
             self._finishing.add(task.id)  # until its end is committed: waiters keep waiting
         else:
             self._tasks[task.id] = task
             self._state_counts[task.state] += 1
+            self._tenant_counts[(task.spec.tenant, task.state)] += 1
 
     def _record_attempt(self, att: Attempt, *, new: bool = False) -> None:
         key = (att.task_id, att.number)
@@ -593,55 +789,66 @@ class Engine:
             self._attempts[key] = att
         self._batch.put_attempt(att, new=new)
 
+    def _queue_key(self, task: Task) -> QueueKey:
+        spec = task.spec
+        return (spec.tenant, spec.pool, spec.reservation or "")
+
+    def _ready(self, task: Task) -> None:
+        self._queues.push(task.id, self._queue_key(task), task.spec.priority)
+
+    def _unpark(self, task_id: str) -> None:
+        self._parked.pop(task_id, None)
+        task = self._tasks.get(task_id)
+        if task is not None and task.state is TaskState.PENDING:
+            self._ready(task)
+
     def _enqueue(self, task: Task) -> None:
         now = self._clock.now()
         if task.not_before is not None and task.not_before > now:
             self._timers.add(_epoch(task.not_before), "backoff", task.id)
-        elif task.pending_reason is not None and task.pending_reason.code == "never_fits":
-            self._parked[task.id] = task.pending_reason
         else:
-            self._ready.push(task.id, task.spec.priority)
+            self._ready(task)  # a stored never_fits reason is decided afresh: the pools may have changed
         if task.attempts == 0 and task.spec.timeouts.queue is not None:
             self._timers.add(_epoch(task.created_at) + task.spec.timeouts.queue, "queue_timeout", task.id)
         if task.spec.timeouts.deadline is not None:
             self._timers.add(_epoch(task.spec.timeouts.deadline), "deadline", task.id)
-
-    def _allocate(self, res: Resources) -> None:
-        self._allocated = self._allocated + res
-        self._live_count += 1
-
-    def _release(self, res: Resources) -> None:
-        self._allocated = self._allocated - res
-        self._live_count -= 1
 
     def _next_number(self, task: Task) -> int:
         number = max(task.attempts, self._reserved.get(task.id, 0)) + 1
         self._reserved[task.id] = number
         return number
 
-    def _hand_off(self, task: Task, number: int) -> None:
+    def _hand_off(self, task: Task, number: int, node: str) -> None:
         """Put a pending task in the node's queue (in memory only: the task stays pending until it starts)."""
-        self._ready.discard(task.id)
+        self._queues.discard(task.id)
+        self._reasons.pop(task.id, None)
         self._handoff[(task.id, number)] = task.spec.resources
         self._handed[task.id] = number
+        self._ledger.charge(task, node, started_at=self._clock.now().timestamp(), queued=True)
 
     def _take_back(self, key: AttemptKey) -> bool:
-        """Forget a handed-off launch; True if it was one."""
+        """Forget a handed-off launch; True if it was one. Its queued hold stays until the caller decides."""
         if self._handoff.pop(key, None) is None:
             return False
         if self._handed.get(key[0]) == key[1]:
             del self._handed[key[0]]
         return True
 
+    def _drop_queued_hold(self, task_id: str) -> None:
+        charge = self._ledger.charge_of(task_id)
+        if charge is not None and charge.queued:
+            self._ledger.release(task_id)
+
     def _begin_attempt(self, task: Task, number: int, node: str, now: datetime, **data: Any) -> Task:
         """Move a pending task to admitted -> starting with attempt ``number`` on ``node``, allocating for it."""
-        self._ready.discard(task.id)
+        self._queues.discard(task.id)
         self._parked.pop(task.id, None)
+        self._reasons.pop(task.id, None)
         task = self._move(
             task, TaskState.ADMITTED, now, attempts=number, pending_reason=None, not_before=None, data={"node": node}
         )
         task = self._move(task, TaskState.STARTING, now, data={"node": node, **data})
-        self._allocate(task.spec.resources)
+        self._ledger.charge(task, node, started_at=now.timestamp())
         self._record_attempt(
             Attempt(task_id=task.id, number=number, state=AttemptState.STARTING, node=node, created_at=now),
             new=True,
@@ -653,12 +860,19 @@ class Engine:
         task = self._tasks.get(task_id)
         if task is None or task.state is not TaskState.PENDING or attempt <= task.attempts:
             return None
-        node = self._node_name()
+        node = self._node_name(task)
         log.info("adopting attempt %s.%d that started before its record was committed", task_id, attempt)
         return self._begin_attempt(task, attempt, node, at, adopted=True)
 
-    def _node_name(self) -> str:
-        return self._node.node if self._node is not None else self._executor.name
+    def _node_name(self, task: Task) -> str:
+        """The node an attempt we did not place runs on: its queued hold's node, else the task's pool's first."""
+        charge = self._ledger.charge_of(task.id)
+        if charge is not None:
+            return charge.node
+        pool = self._pools.get(task.spec.pool)
+        if pool is not None and pool.nodes:
+            return pool.nodes[0].name
+        return next(iter(self._queue_nodes), self._executor.capacity().node)
 
     def _on_started(self, ev: Started) -> None:
         key = (ev.task_id, ev.attempt)
@@ -667,7 +881,7 @@ class Engine:
             task = self._tasks.get(ev.task_id)
         if self._take_back(key) and task is not None and task.state is TaskState.PENDING:
             # The node started it from its queue: only now does the task leave pending.
-            task = self._begin_attempt(task, ev.attempt, self._node_name(), ev.at, from_node_queue=True)
+            task = self._begin_attempt(task, ev.attempt, self._node_name(task), ev.at, from_node_queue=True)
         att = self._attempts.get(key)
         if att is None or task is None or task.attempts != ev.attempt:
             if att is None and (task is None or task.attempts != ev.attempt):
@@ -678,6 +892,7 @@ class Engine:
         if att.state is AttemptState.STARTING:
             att = replace(att, state=AttemptState.RUNNING, started_at=ev.at, pid=ev.pid)
             self._record_attempt(att)
+            self._ledger.started(task, ev.at.timestamp())
             run = task.spec.timeouts.run
             if run is not None:
                 self._timers.add(_epoch(ev.at) + run, "run_timeout", task.id, ev.attempt)
@@ -690,11 +905,14 @@ class Engine:
         if self._take_back(key):
             owner = self._tasks.get(ev.task_id)
             if owner is None or owner.state is not TaskState.PENDING:
+                self._drop_queued_hold(ev.task_id)
                 return  # cancelled or timed out while it waited in the node's queue
             if ev.never_started:
+                self._drop_queued_hold(ev.task_id)
                 self._enqueue(owner)  # taken back (or lost by a restarted node): queue it here again
                 return
-            self._begin_attempt(owner, ev.attempt, self._node_name(), ev.started_at or ev.at, from_node_queue=True)
+            node = self._node_name(owner)
+            self._begin_attempt(owner, ev.attempt, node, ev.started_at or ev.at, from_node_queue=True)
         if key not in self._attempts and not ev.never_started:  # no process ran: nothing to adopt
             self._adopt(ev.task_id, ev.attempt, ev.started_at or ev.at)
         att = self._attempts.get(key)
@@ -703,7 +921,7 @@ class Engine:
             return  # already recorded (a replay after reconnect) or an orphan we stopped
         stop_reason = self._stop_reasons.pop(key, None)
         outcome = ev.outcome if ev.outcome.stop_reason is not None else replace(ev.outcome, stop_reason=stop_reason)
-        self._release(task.spec.resources)
+        self._ledger.release(task.id)
         if ev.never_started and outcome.stop_reason is None:
             self._requeue(task, att, outcome, ev.at)
             return
@@ -791,7 +1009,7 @@ class Engine:
         if task.state is TaskState.CANCELLING:
             return task
         if task.state is TaskState.PENDING:
-            self._ready.discard(task_id)
+            self._queues.discard(task_id)
             self._parked.pop(task_id, None)
             self._recall(task_id)
             self._batch.finished.append(task_id)
@@ -810,15 +1028,21 @@ class Engine:
         key = (task_id, task.attempts)
         self._stop_reasons[key] = StopReason.CANCEL
         self._batch.stops.append(key)
+        self._ledger.terminating(task_id)
         return self._move(task, TaskState.CANCELLING, now, cancel_requested=True)
 
     def _on_timer(self, kind: str, task_id: str, attempt: int, now: datetime) -> None:
+        if kind == "reservation_expiry":
+            res = self._reservations.get(task_id)
+            if res is not None and res.expires_at is not None and res.expires_at <= now:
+                self._end_reservation(task_id, ReservationState.EXPIRED, now)
+            return
         task = self._tasks.get(task_id)
         if task is None:
             return
         if kind == "backoff":
             if task.state is TaskState.PENDING and task.not_before is not None and task.not_before <= now:
-                self._ready.push(task_id, task.spec.priority)
+                self._ready(task)
             return
         pending = task.state is TaskState.PENDING
         if kind == "queue_timeout" and pending and task.attempts == 0:
@@ -832,13 +1056,14 @@ class Engine:
             if key not in self._stop_reasons:
                 self._stop_reasons[key] = StopReason.TIMEOUT if kind == "run_timeout" else StopReason.DEADLINE
                 self._batch.stops.append(key)
+                self._ledger.terminating(task_id)
                 self._batch.events.append(
                     TaskEvent(task_id, now, f"{kind}_reached", task.state, task.state, task.attempts, {})
                 )
             return
         else:
             return
-        self._ready.discard(task_id)
+        self._queues.discard(task_id)
         self._parked.pop(task_id, None)
         self._recall(task_id)
         self._move(
@@ -853,41 +1078,185 @@ class Engine:
         self._batch.finished.append(task_id)
 
     def _place(self, now: datetime, launches: list[Launch]) -> None:
-        node = self._node or self._executor.capacity()
-        if not len(self._ready):
-            self._blocked = None
+        """One scheduling cycle (pure ``scheduler.schedule``), then apply its plan."""
+        if not len(self._queues):
+            self._reasons.clear()
+            self._etas.clear()
             return
-        handed = ZERO
-        for res in self._handoff.values():
-            handed = handed + res
-        used, count = self._allocated + handed, self._live_count + len(self._handoff)
-        snapshot = [NodeSnapshot(node.node, node.total, used, count, node.max_tasks)]
-        plan = schedule(snapshot, self._candidates())
-        self._blocked = plan.blocked
-        for task_id, reason in plan.never_fits:
-            self._ready.discard(task_id)
-            self._parked[task_id] = reason
-            self._record(replace(self._tasks[task_id], pending_reason=reason, updated_at=now))
+        queues = self._queues.queues()
+        tenants = dict(self._tenants)
+        for (tenant, _, _), _queue in queues:
+            if tenant not in tenants:  # tasks of a tenant from before tenants were records: no quota
+                tenants[tenant] = Tenant(tenant)
+        snapshot = self._ledger.snapshot(tenants)
+        plan = schedule(snapshot, [self._lane(key, queue) for key, queue in queues], self._config.policy, _epoch(now))
+        self._apply_plan(plan, now, launches)
+        self._queues.compact()
+
+    def _apply_plan(self, plan: Plan, now: datetime, launches: list[Launch]) -> None:
+        """Apply a plan, re-checking each step against the ledger and skipping any that went stale."""
+        self._reasons = plan.blocked
+        self._etas = plan.eta
+        for item_id, reason in plan.parked.items():
+            self._queues.discard(item_id)
+            res = self._reservations.get(item_id)
+            if res is not None:
+                self._end_reservation(item_id, ReservationState.RELEASED, now, message=reason.message)
+                continue
+            task = self._tasks.get(item_id)
+            if task is None:
+                continue
+            self._parked[item_id] = reason
+            self._record(replace(task, pending_reason=reason, updated_at=now))
+        for pre in plan.preemptions:
+            victim = self._tasks.get(pre.victim)
+            if victim is None or victim.state not in (TaskState.STARTING, TaskState.RUNNING):
+                continue  # ended or already stopping since the snapshot
+            key = (victim.id, victim.attempts)
+            if key in self._stop_reasons:
+                continue
+            self._stop_reasons[key] = StopReason.PREEMPT
+            self._batch.stops.append(key)
+            self._ledger.terminating(victim.id)
+            data = {"for_task": pre.for_id, "node": pre.node, "reason": pre.reason}
+            self._batch.events.append(
+                TaskEvent(victim.id, now, "preempting", victim.state, victim.state, victim.attempts, data)
+            )
+        for adm in plan.admissions:
+            self._admit_reservation(adm.id, adm.nodes, now)
         for placement in plan.placements:
-            task = self._tasks[placement.task_id]
+            task = self._tasks.get(placement.id)
+            if task is None or task.state is not TaskState.PENDING or placement.id not in self._queues:
+                continue
+            if self._ledger.node(placement.node) is None:
+                continue
             number = self._next_number(task)
-            task = self._begin_attempt(task, number, placement.node, now)
-            launches.append(self._launch(task, number))
-        # Hand the node a few more, in queue order: it starts each the moment a slot frees, with no round trip.
-        room = self._config.node_queue - len(self._handoff)
-        if plan.blocked is not None and room > 0:
-            ahead: list[str] = []
-            for task_id in self._ready:
-                if len(ahead) >= room:
-                    break
-                ahead.append(task_id)
-            for task_id in ahead:
-                task = self._tasks[task_id]
-                number = self._next_number(task)
-                self._hand_off(task, number)
-                launches.append(self._launch(task, number))
+            extra: dict[str, Any] = {"borrowed": True} if placement.borrowed else {}
+            if placement.reservation is not None:
+                extra["reservation"] = placement.reservation
+            task = self._begin_attempt(task, number, placement.node, now, **extra)
+            launches.append(self._launch(task, number, placement.node))
+        self._hand_off_blocked(plan, launches)
         self._recall_for_priority()
-        self._ready.compact()
+
+    def _hand_off_blocked(self, plan: Plan, launches: list[Launch]) -> None:
+        """Hand a node with a queue a few blocked tasks, in the cycle's order: each starts there the moment a
+        slot frees, with no round trip. Only tasks blocked on the node's room (never on quota) go."""
+        room = self._config.node_queue - len(self._handoff)
+        if room <= 0 or not self._queue_nodes:
+            return
+        for task_id, reason in list(plan.blocked.items()):
+            if room <= 0:
+                break
+            if reason.code not in ("no_capacity", "task_limit"):
+                continue
+            task = self._tasks.get(task_id)
+            if task is None or task.spec.reservation is not None or task_id not in self._queues:
+                continue
+            pool = self._pools.get(task.spec.pool)
+            if pool is None or len(pool.nodes) != 1 or pool.nodes[0].name not in self._queue_nodes:
+                continue
+            if not task.spec.resources.fits_in(pool.nodes[0].total) or not self._within_quota(task):
+                continue
+            number = self._next_number(task)
+            self._hand_off(task, number, pool.nodes[0].name)
+            launches.append(self._launch(task, number, pool.nodes[0].name))
+            room -= 1
+
+    def _within_quota(self, task: Task) -> bool:
+        tenant = self._tenants.get(task.spec.tenant)
+        if tenant is None:
+            return True
+        quota = tenant.quota
+        if quota.max_running is not None and self._ledger.running(tenant.name) >= quota.max_running:
+            return False
+        return tenant.borrowing or quota.exceeded_by(self._ledger.usage(tenant.name) + task.spec.resources) is None
+
+    def _lane(self, key: QueueKey, queue: ReadyQueue) -> Iterator[Candidate]:
+        """A queue's members as scheduler candidates, made only as the cycle reaches them."""
+        if key[2] == GANG_LANE:
+            reservations = self._reservations
+            for item_id in queue:
+                res = reservations[item_id]
+                yield Candidate(res.id, res.tenant, res.pool, res.priority, res.seq, res.resources, count=res.count)
+            return
+        tasks = self._tasks
+        for item_id in queue:
+            task = tasks[item_id]
+            spec = task.spec
+            selector = tuple(sorted(spec.node_selector.items())) if spec.node_selector else ()
+            yield Candidate(
+                task.id,
+                spec.tenant,
+                spec.pool,
+                spec.priority,
+                task.seq,
+                spec.resources,
+                selector,
+                spec.reservation,
+                spec.timeouts.run,
+            )
+
+    # ---------------------------------------------------------------------------------- reservations
+
+    def _admit_reservation(self, reservation_id: str, nodes: tuple[str, ...], now: datetime) -> None:
+        res = self._reservations.get(reservation_id)
+        if res is None or res.state is not ReservationState.PENDING or reservation_id not in self._queues:
+            return
+        if any(self._ledger.node(node) is None for node in nodes):
+            return
+        self._queues.discard(reservation_id)
+        expires = res.expires_at
+        if res.duration is not None:
+            end = datetime.fromtimestamp(_epoch(now) + res.duration, UTC)
+            expires = end if expires is None else min(expires, end)
+        active = replace(
+            res,
+            state=ReservationState.ACTIVE,
+            nodes=nodes,
+            activated_at=now,
+            updated_at=now,
+            expires_at=expires,
+            message=None,
+        )
+        self._reservations[res.id] = active
+        self._ledger.hold(active)
+        self._batch.reservations[res.id] = active
+        if expires is not None and expires != res.expires_at:
+            self._timers.add(_epoch(expires), "reservation_expiry", res.id)
+        self._wake.set()  # tasks waiting for it can run in the next cycle
+
+    def _end_reservation(
+        self, reservation_id: str, state: ReservationState, now: datetime, message: str | None = None
+    ) -> Reservation | None:
+        """Release or expire a live reservation. Tasks running inside it keep running (charged normally);
+        tasks still waiting to run inside it are cancelled, since what they were to run in is gone."""
+        res = self._reservations.pop(reservation_id, None)
+        if res is None:
+            return None
+        self._queues.discard(reservation_id)
+        self._ledger.free(reservation_id)
+        default = "released" if state is ReservationState.RELEASED else "expired"
+        ended = replace(res, state=state, ended_at=now, updated_at=now, message=message or default)
+        self._batch.reservations[res.id] = ended
+        for task in [t for t in self._tasks.values() if t.spec.reservation == reservation_id]:
+            if task.state is not TaskState.PENDING:
+                continue
+            self._queues.discard(task.id)
+            self._parked.pop(task.id, None)
+            self._recall(task.id)
+            self._move(
+                task,
+                TaskState.CANCELLED,
+                now,
+                failure_class=FailureClass.CANCELLED,
+                message=f"reservation {reservation_id} was {state.value} before the task could run",
+                finished_at=now,
+                pending_reason=None,
+            )
+            self._batch.finished.append(task.id)
+        self._wake.set()
+        return ended
 
     def _recall(self, task_id: str) -> None:
         """Take a task's launch back from the node's queue (it may already have started: then stop it)."""
@@ -904,7 +1273,7 @@ class Engine:
         """
         if not self._handoff:
             return
-        urgent = self._tasks[next(iter(self._ready))].spec.priority if len(self._ready) else None
+        urgent = self._most_urgent_local()
         for key in reversed(self._handoff):
             owner = self._tasks.get(key[0])
             if owner is None:
@@ -915,21 +1284,29 @@ class Engine:
                 self._background(self._unqueue(key), "unqueue")
             urgent = priority if urgent is None else max(urgent, priority)
 
+    def _most_urgent_local(self) -> int | None:
+        """The highest priority waiting at the head of any queue of a node-queue pool."""
+        best: int | None = None
+        for (_, pool, lane), _queue in self._queues.queues():
+            if lane:
+                continue
+            nodes = self._pools[pool].nodes if pool in self._pools else ()
+            if len(nodes) != 1 or nodes[0].name not in self._queue_nodes:
+                continue
+            head = self._queues.head((_, pool, lane))
+            task = self._tasks.get(head) if head is not None else None
+            if task is not None and (best is None or task.spec.priority > best):
+                best = task.spec.priority
+        return best
+
     async def _unqueue(self, key: AttemptKey) -> None:
         try:
-            await self._executor.unqueue(*key)
+            for executor in self._executors_of_key(key):
+                await executor.unqueue(*key)
         finally:
             self._unqueueing.discard(key)
 
-    def _candidates(self) -> Iterator[Candidate]:
-        limit = self._config.max_placements_per_step
-        tasks = self._tasks
-        for count, task_id in enumerate(self._ready):
-            if count >= limit:
-                return
-            yield Candidate(task_id, tasks[task_id].spec.resources)
-
-    def _launch(self, task: Task, number: int) -> Launch:
+    def _launch(self, task: Task, number: int, node: str) -> Launch:
         env = dict(self._config.base_env or {})
         env.update({"TASKPLANE_TASK_ID": task.id, "TASKPLANE_ATTEMPT": str(number)})
         env.update(task.spec.env)
@@ -941,4 +1318,6 @@ class Engine:
             workdir=task.spec.workdir,
             resources=task.spec.resources,
             image=task.spec.image,
+            node=node,
+            simulated_duration=task.spec.simulated_duration,
         )

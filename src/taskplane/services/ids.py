@@ -16,3 +16,8 @@ def new_task_id(now: datetime) -> str:
         chars.append(_ALPHABET[value & 31])
         value >>= 5
     return "".join(reversed(chars))
+
+
+def new_reservation_id(now: datetime) -> str:
+    """A reservation id: ``rsv-`` and a ULID, so it never reads like a task id."""
+    return "rsv-" + new_task_id(now)

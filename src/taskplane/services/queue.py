@@ -110,3 +110,63 @@ class TimerHeap:
         while self._heap and self._heap[0].at <= now:
             due.append(heapq.heappop(self._heap))
         return due
+
+
+QueueKey = tuple[str, str, str]
+"""(tenant, pool, lane): the lane is ``""`` for ordinary tasks, a reservation id for tasks that run inside it,
+and ``"#reservations"`` for reservations waiting to be admitted."""
+
+
+class QueueSet:
+    """One ``ReadyQueue`` per (tenant, pool, lane): what the scheduler reads, one lazy iterator per queue."""
+
+    def __init__(self) -> None:
+        self._queues: dict[QueueKey, ReadyQueue] = {}
+        self._where: dict[str, QueueKey] = {}
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._where
+
+    def push(self, item_id: str, key: QueueKey, priority: int) -> None:
+        """Queue an item at the back of its priority lane in queue ``key`` (no-op when already queued)."""
+        if item_id in self._where:
+            return
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = ReadyQueue()
+        queue.push(item_id, priority)
+        self._where[item_id] = key
+
+    def discard(self, item_id: str) -> None:
+        """Forget an item (placed, cancelled, timed out)."""
+        key = self._where.pop(item_id, None)
+        if key is not None:
+            self._queues[key].discard(item_id)
+
+    def key_of(self, item_id: str) -> QueueKey | None:
+        """The queue an item waits in."""
+        return self._where.get(item_id)
+
+    def queues(self) -> list[tuple[QueueKey, ReadyQueue]]:
+        """The non-empty queues."""
+        return [(key, q) for key, q in self._queues.items() if len(q)]
+
+    def head(self, key: QueueKey) -> str | None:
+        """The first item of a queue."""
+        queue = self._queues.get(key)
+        return None if queue is None else next(iter(queue), None)
+
+    def position(self, item_id: str) -> int | None:
+        """0-based position within its own queue (its tenant and pool). O(that queue's length)."""
+        key = self._where.get(item_id)
+        return None if key is None else self._queues[key].position(item_id)
+
+    def compact(self) -> None:
+        """Drop stale entries and empty queues (call after a cycle)."""
+        for key, queue in list(self._queues.items()):
+            queue.compact()
+            if not len(queue):
+                del self._queues[key]
