@@ -5,19 +5,128 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def default_data_dir() -> Path:
     """``$XDG_DATA_HOME/taskplane`` or ``~/.local/share/taskplane``."""
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "taskplane"
+
+
+# ------------------------------------------------------------------------------------------------ pools
+# Quantities stay as given here (``"3500m"``, ``4``, ``"8Gi"``): ``bootstrap.build_pools`` parses them with
+# ``domain.quantities``, which this leaf module may not import. Everything else is checked at load time.
+
+DNS_LABEL = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+NODE_PREFIX = r"^[a-z0-9]([a-z0-9-]{0,54}[a-z0-9])?$"  # leaves room for "-<index>" within 63 characters
+_LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,62})$")
+_EXTENDED_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,126}[A-Za-z0-9])?$")
+_BUILTIN_RESOURCES = frozenset({"cpu", "memory", "gpu"})
+MAX_POOL_NODES = 100_000
+MAX_LABELS = 64
+MAX_LABEL_VALUE = 256
+
+CpuQuantity = StrictStr | StrictInt | StrictFloat  # ``4``, ``0.5``, ``"3500m"``
+MemoryQuantity = StrictStr | StrictInt  # ``8589934592``, ``"8Gi"``
+
+
+def _check_labels(labels: dict[str, str]) -> dict[str, str]:
+    if len(labels) > MAX_LABELS:
+        raise ValueError(f"at most {MAX_LABELS} labels")
+    for key, value in labels.items():
+        if not _LABEL_KEY.match(key):
+            raise ValueError(f"label key {key!r} must be 1-63 letters, digits, '.', '_', '/' or '-'")
+        if len(value) > MAX_LABEL_VALUE or "\x00" in value:
+            raise ValueError(f"label {key!r}: the value must be at most {MAX_LABEL_VALUE} characters, without NUL")
+    return labels
+
+
+class NodeGroupSettings(BaseModel):
+    """``count`` identical simulated nodes, named ``<name_prefix>-0`` to ``<name_prefix>-<count - 1>``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    count: int = Field(default=1, ge=1, le=MAX_POOL_NODES)
+    name_prefix: str | None = Field(default=None, pattern=NODE_PREFIX)  # default: see ``PoolSettings.node_prefix``
+    cpu: CpuQuantity
+    memory: MemoryQuantity
+    gpu: int = Field(default=0, ge=0, le=1024)
+    extended: dict[str, int] = Field(default_factory=dict)  # e.g. {"example.com/fpga" = 2}
+    max_tasks: int = Field(default=1000, ge=1, le=1_000_000)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("extended")
+    @classmethod
+    def _check_extended(cls, value: dict[str, int]) -> dict[str, int]:
+        for name, amount in value.items():
+            if name in _BUILTIN_RESOURCES or not _EXTENDED_NAME.match(name):
+                raise ValueError(f"{name!r} is not an extended resource name (example: 'example.com/fpga')")
+            if not 0 <= amount <= 1_000_000_000:
+                raise ValueError(f"extended resource {name!r} must be between 0 and 1000000000")
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _check_labels(cls, value: dict[str, str]) -> dict[str, str]:
+        return _check_labels(value)
+
+
+class PoolSettings(BaseModel):
+    """One pool of nodes served by one executor (``[[pools]]`` in the TOML file, or ``TASKPLANE_POOLS``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=DNS_LABEL)
+    executor: Literal["local", "simulated"]
+    placement: Literal["binpack", "spread"] = "binpack"
+    speed: float | None = Field(default=None, gt=0, le=1e9)  # simulated only: virtual seconds per real second
+    labels: dict[str, str] = Field(default_factory=dict)  # on every node of the pool; a group's own labels win
+    nodes: list[NodeGroupSettings] = Field(default_factory=list)  # simulated only
+
+    @field_validator("labels")
+    @classmethod
+    def _check_labels(cls, value: dict[str, str]) -> dict[str, str]:
+        return _check_labels(value)
+
+    @model_validator(mode="after")
+    def _check_executor_fields(self) -> PoolSettings:
+        if self.executor == "local":
+            if self.nodes:
+                raise ValueError(f"pool {self.name!r}: 'nodes' is for simulated pools (the local pool is this machine)")
+            if self.speed is not None:
+                raise ValueError(f"pool {self.name!r}: 'speed' is for simulated pools")
+            return self
+        if not self.nodes:
+            raise ValueError(f"pool {self.name!r}: a simulated pool needs at least one [[pools.nodes]] group")
+        total = sum(group.count for group in self.nodes)
+        if total > MAX_POOL_NODES:
+            raise ValueError(f"pool {self.name!r} has {total} nodes, more than {MAX_POOL_NODES}")
+        prefixes = [self.node_prefix(j) for j in range(len(self.nodes))]
+        dup = sorted({p for p in prefixes if prefixes.count(p) > 1})
+        if dup:
+            raise ValueError(f"pool {self.name!r}: node groups share the name_prefix {dup[0]!r}")
+        return self
+
+    def node_prefix(self, group: int) -> str:
+        """The name prefix of node group ``group``: its own, else the pool's name (``<pool>-<group>`` if several)."""
+        prefix = self.nodes[group].name_prefix
+        if prefix is not None:
+            return prefix
+        return self.name if len(self.nodes) == 1 else f"{self.name}-{group}"
+
+    def node_names(self, group: int) -> list[str]:
+        """The names of the nodes of group ``group``: ``<prefix>-0`` ... ``<prefix>-<count - 1>``."""
+        prefix = self.node_prefix(group)
+        return [f"{prefix}-{i}" for i in range(self.nodes[group].count)]
 
 
 class Settings(BaseSettings):
@@ -48,6 +157,40 @@ class Settings(BaseSettings):
     supervisor_idle_exit: float = Field(default=300.0, ge=1)
     log_level: str = "info"
     log_format: str = Field(default="console", pattern="^(console|json)$")
+    # Empty: one pool "default" served by the local executor. ``TASKPLANE_POOLS`` takes a JSON list, decoded by
+    # ``_decode_pools`` (NoDecode) so that bad JSON is a ValidationError naming the field, like any other bad value.
+    pools: Annotated[list[PoolSettings], NoDecode] = Field(default_factory=list)
+
+    @field_validator("pools", mode="before")
+    @classmethod
+    def _decode_pools(cls, value: Any) -> Any:
+        if isinstance(value, str | bytes):
+            try:
+                return json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"TASKPLANE_POOLS must be a JSON list of pools: {exc}") from None
+        return value
+
+    @field_validator("pools")
+    @classmethod
+    def _check_pools(cls, pools: list[PoolSettings]) -> list[PoolSettings]:
+        names = [pool.name for pool in pools]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"the pool name {dup[0]!r} is used twice")
+        local = [pool.name for pool in pools if pool.executor == "local"]
+        if len(local) > 1:
+            raise ValueError(f"at most one local pool (this machine is one node), got {', '.join(local)}")
+        # A node name is unique across pools: attempts and capacity reports name nodes without their pool.
+        # ``<prefix>-<index>`` names collide only when prefixes are equal, so comparing prefixes is enough.
+        seen: dict[str, str] = {}
+        for pool in pools:
+            for j in range(len(pool.nodes)):
+                prefix = pool.node_prefix(j)
+                if prefix in seen:
+                    raise ValueError(f"pools {seen[prefix]!r} and {pool.name!r} both name nodes {prefix!r}-<n>")
+                seen[prefix] = pool.name
+        return pools
 
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to the embedded SQLite file under ``data_dir``."""

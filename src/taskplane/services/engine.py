@@ -1128,7 +1128,9 @@ class Engine:
             task = self._tasks.get(placement.id)
             if task is None or task.state is not TaskState.PENDING or placement.id not in self._queues:
                 continue
-            if self._ledger.node(placement.node) is None:
+            stale = self._ledger.check(task, placement.node, self._tenants.get(task.spec.tenant), placement.reservation)
+            if stale is not None:
+                log.warning("skipping a stale placement of %s on %s: %s", task.id, placement.node, stale)
                 continue
             number = self._next_number(task)
             extra: dict[str, Any] = {"borrowed": True} if placement.borrowed else {}

@@ -213,6 +213,34 @@ class Ledger:
         }
         return Snapshot(self._views, nodes, views, {n: r.values() for n, r in self._on_node.items()}, reservations)
 
+    def check(self, task: Task, node: str, tenant: Tenant | None, reservation: str | None) -> str | None:
+        """Re-check one placement against what is held now; a reason when it would over-commit, else ``None``.
+
+        The applier calls this for every placement of a plan, so a stale or wrong plan can never put a node
+        over its size or task limit, a tenant over a quota it may not borrow beyond, or a slot over its size.
+        """
+        state = self._nodes.get(node)
+        if state is None:
+            return f"node {node} is not configured"
+        if state.tasks + state.queued_tasks >= state.node.max_tasks:
+            return f"node {node} runs its limit of {state.node.max_tasks} tasks"
+        res = task.spec.resources
+        if reservation is not None:
+            slots = self._slots.get(reservation)
+            if slots is None or self._slot_for(reservation, node, res) is None:
+                return f"reservation {reservation} has no slot on {node} with room for it"
+            return None
+        used = state.allocated + state.reserved + state.queued
+        if not res.fits_in(state.node.total - used):
+            return f"node {node} has no room for {res.describe()}"
+        if tenant is not None:
+            quota = tenant.quota
+            if quota.max_running is not None and self._running[tenant.name] >= quota.max_running:
+                return f"tenant {tenant.name} runs its limit of {quota.max_running} tasks"
+            if not tenant.borrowing and quota.exceeded_by(self.usage(tenant.name) + res) is not None:
+                return f"tenant {tenant.name} would exceed its quota"
+        return None
+
     # ---------------------------------------------------------------------------------------- writes
 
     def _tenant_add(self, tenant: str, pool: str, res: Resources, tasks: int) -> None:
