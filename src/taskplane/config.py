@@ -157,6 +157,11 @@ class Settings(BaseSettings):
     supervisor_idle_exit: float = Field(default=300.0, ge=1)
     log_level: str = "info"
     log_format: str = Field(default="console", pattern="^(console|json)$")
+    # Scheduling policy (docs/scheduling.md).
+    preemption: bool = True  # lower-priority or borrowed work may be stopped to make room for a blocked head
+    backfill: bool = True  # smaller tasks may run around a blocked head when they do not delay it
+    fair_share: bool = True  # at equal priority, tenants go by weighted dominant share (else by arrival)
+    max_preemptions_per_cycle: int = Field(default=16, ge=0, le=10_000)
     # Empty: one pool "default" served by the local executor. ``TASKPLANE_POOLS`` takes a JSON list, decoded by
     # ``_decode_pools`` (NoDecode) so that bad JSON is a ValidationError naming the field, like any other bad value.
     pools: Annotated[list[PoolSettings], NoDecode] = Field(default_factory=list)

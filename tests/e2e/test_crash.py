@@ -75,3 +75,59 @@ def test_kill9_restart_adopts_running_and_runs_pending(tmp_path, backend_url):
         live += delta
         peak = max(peak, live)
     assert peak <= RUNNING
+
+
+def test_kill9_keeps_tenants_reservations_and_quotas(tmp_path, backend_url):
+    data = tmp_path / "data"
+    settings = {"node_cpu": "4", "node_memory": "8Gi", "kill_grace": "1"}
+    with running_server(data, backend_url, **settings) as server, server.client() as client:
+        created = client.post(
+            "/platform/admin/tenants",
+            json={"name": "team", "quota": {"cpu": "2"}, "borrowing": False, "weight": 2},
+        )
+        assert created.status_code == 201, created.text
+        held = client.post(
+            "/platform/resources/reserve",
+            json={
+                "tenant": "team",
+                "pool": "default",
+                "resources": {"cpu": "1", "memory": "64Mi"},
+                "count": 1,
+                "duration": "1h",
+            },
+        )
+        assert held.status_code == 201, held.text
+        rid = held.json()["id"]
+        deadline = time.monotonic() + 20
+        while client.get(f"/platform/resources/{rid}").json()["state"] != "active":
+            assert time.monotonic() < deadline, client.get(f"/platform/resources/{rid}").json()
+            time.sleep(0.05)
+        # Quota 2 cores, 1 held by the reservation: one 1-core task at a time outside it.
+        body = {"command": ["sleep", "1"], "tenant": "team", "resources": {"cpu": 1, "memory": "64Mi"}}
+        ids = [t["id"] for t in client.post("/platform/tasks/batch", json={"tasks": [body] * 4}).json()["tasks"]]
+        wait_state(client, ids[0], {"running"}, timeout=30)
+
+        server.kill9()
+        server.start()
+
+        tenant = client.get("/platform/admin/tenants/team").json()
+        assert tenant["weight"] == 2 and tenant["borrowing"] is False
+        assert client.get(f"/platform/resources/{rid}").json()["state"] == "active"
+        for task_id in ids:
+            wait_state(client, task_id, {"succeeded", "failed", "cancelled", "timed_out"}, timeout=60)
+        after = fetch_all(client, ids)
+        released = client.delete(f"/platform/resources/{rid}")
+        assert released.status_code == 200 and released.json()["state"] == "released"
+
+    assert all(t["state"] == "succeeded" for t in after.values()), after
+    spans = []
+    for task in after.values():
+        for a in task["attempts"]:
+            if a["started_at"] and a["finished_at"]:
+                spans.append((a["started_at"], 1))
+                spans.append((a["finished_at"], -1))
+    live = peak = 0
+    for _, delta in sorted(spans, key=lambda s: (s[0], s[1])):
+        live += delta
+        peak = max(peak, live)
+    assert peak == 1, "the tenant's quota held across the restart: one task at a time outside the reservation"

@@ -487,9 +487,11 @@ class _Cycle:
                 return True
             self.block(cand, reason)
             return False
-        node = None
-        if not any(_dominates(cand.resources, f) for f in pool.failed) or pool.shadow is not None:
-            node = self.find_node(pool, cand)
+        # A request at least as large as one that found no room fails without a scan, unless it may use the
+        # shadow node (which the earlier one may not have been allowed to).
+        dominated = any(_dominates(cand.resources, f) for f in pool.failed)
+        may_use_shadow = pool.shadow_until is not None and cand.run_timeout is not None
+        node = self.find_node(pool, cand) if not dominated or may_use_shadow else None
         if node is not None:
             self._take(pool, node, cand.resources)
             self.charge(cand, cand.resources)
@@ -498,7 +500,7 @@ class _Cycle:
         if not self.can_ever_fit(pool, cand):
             self.park(cand, _never_fits(pool.name, cand))
             return True
-        if pool.shadow is None and not cand.selector:
+        if not cand.selector and not dominated:
             pool.failed.append(cand.resources)
             del pool.failed[:-_FAILED_MEMORY]
         waiting = self.try_preempt(pool, cand) if pool.shadow is None else None
