@@ -45,6 +45,7 @@ from taskplane.domain.task import (
     Task,
     TaskState,
 )
+from taskplane.domain.tenant import DEFAULT_TENANT, Tenant, default_tenant
 from taskplane.errors import (
     ConflictError,
     InternalError,
@@ -53,7 +54,6 @@ from taskplane.errors import (
     TaskplaneError,
     UnavailableError,
 )
-from taskplane.domain.tenant import DEFAULT_TENANT, Tenant, default_tenant
 from taskplane.scheduler import Candidate, Plan, Policy, schedule
 from taskplane.services.ledger import Ledger, NodeUsage, PoolUsage, TenantCounts
 from taskplane.services.ports import (
@@ -219,6 +219,10 @@ class Engine:
         self._closing = False
         self.steps = 0
         self.commits = 0
+        self.cycles = 0
+        self.cycle_seconds = 0.0  # time spent in scheduling cycles (snapshot, schedule, apply)
+        self.placements = 0
+        self.preemptions = 0
 
     # ------------------------------------------------------------------------------------ lifecycle
 
@@ -1088,10 +1092,13 @@ class Engine:
         for (tenant, _, _), _queue in queues:
             if tenant not in tenants:  # tasks of a tenant from before tenants were records: no quota
                 tenants[tenant] = Tenant(tenant)
+        began = self._clock.monotonic()
         snapshot = self._ledger.snapshot(tenants)
         plan = schedule(snapshot, [self._lane(key, queue) for key, queue in queues], self._config.policy, _epoch(now))
         self._apply_plan(plan, now, launches)
         self._queues.compact()
+        self.cycles += 1
+        self.cycle_seconds += self._clock.monotonic() - began
 
     def _apply_plan(self, plan: Plan, now: datetime, launches: list[Launch]) -> None:
         """Apply a plan, re-checking each step against the ledger and skipping any that went stale."""
@@ -1117,6 +1124,7 @@ class Engine:
                 continue
             self._stop_reasons[key] = StopReason.PREEMPT
             self._batch.stops.append(key)
+            self.preemptions += 1
             self._ledger.terminating(victim.id)
             data = {"for_task": pre.for_id, "node": pre.node, "reason": pre.reason}
             self._batch.events.append(
@@ -1138,12 +1146,16 @@ class Engine:
                 extra["reservation"] = placement.reservation
             task = self._begin_attempt(task, number, placement.node, now, **extra)
             launches.append(self._launch(task, number, placement.node))
+            self.placements += 1
         self._hand_off_blocked(plan, launches)
         self._recall_for_priority()
 
     def _hand_off_blocked(self, plan: Plan, launches: list[Launch]) -> None:
-        """Hand a node with a queue a few blocked tasks, in the cycle's order: each starts there the moment a
-        slot frees, with no round trip. Only tasks blocked on the node's room (never on quota) go."""
+        """Hand a node with a queue a few blocked tasks, in the cycle's order.
+
+        Each starts there the moment a slot frees, with no round trip. Only tasks blocked on the node's room
+        (never on quota) go.
+        """
         room = self._config.node_queue - len(self._handoff)
         if room <= 0 or not self._queue_nodes:
             return
@@ -1231,8 +1243,11 @@ class Engine:
     def _end_reservation(
         self, reservation_id: str, state: ReservationState, now: datetime, message: str | None = None
     ) -> Reservation | None:
-        """Release or expire a live reservation. Tasks running inside it keep running (charged normally);
-        tasks still waiting to run inside it are cancelled, since what they were to run in is gone."""
+        """Release or expire a live reservation.
+
+        Tasks running inside it keep running (charged normally); tasks still waiting to run inside it are
+        cancelled, since what they were to run in is gone.
+        """
         res = self._reservations.pop(reservation_id, None)
         if res is None:
             return None
