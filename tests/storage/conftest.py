@@ -12,12 +12,25 @@ from typing import Any
 
 import pytest
 
+from taskplane.domain.reservation import Reservation, ReservationState
+from taskplane.domain.resources import Resources
 from taskplane.domain.task import Attempt, AttemptState, Task, TaskSpec, TaskState
+from taskplane.domain.tenant import Quota, Tenant
 from taskplane.services.ports import NewTask, TaskEvent
 from taskplane.storage import SqlTaskStore, create_task_store, upgrade_database
 from tests.support.services import postgres_schema
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database with no schema at all: a SQLite file, or a PostgreSQL schema of its own."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'db' / 'taskplane.db'}"
+        return
+    with postgres_schema() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -56,6 +69,14 @@ class TaskBuilder:
 
     def labels(self, **labels: str) -> TaskBuilder:
         self.spec["labels"] = labels
+        return self
+
+    def pool(self, pool: str) -> TaskBuilder:
+        self.spec["pool"] = pool
+        return self
+
+    def resources(self, millicpu: int = 0, memory: int = 0, gpu: int = 0) -> TaskBuilder:
+        self.spec["resources"] = Resources(millicpu, memory, gpu)
         return self
 
     def key(self, key: str) -> TaskBuilder:
@@ -98,4 +119,38 @@ def created_event(t: Task) -> TaskEvent:
 
 def attempt(t: Task, number: int = 1, **changes: Any) -> Attempt:
     base = Attempt(task_id=t.id, number=number, state=AttemptState.STARTING, node="node-1", created_at=T0)
+    return replace(base, **changes)
+
+
+def tenant(name: str = "acme", **changes: Any) -> Tenant:
+    """A stored-looking tenant: every field set (timestamps too), ``changes`` applied."""
+    base = Tenant(
+        name=name,
+        quota=Quota(millicpu=8000, memory=16 << 30, gpu=1, max_running=10, max_pending=1000),
+        weight=2.5,
+        pools=("default", "gpu"),
+        priority_min=-10,
+        priority_max=100,
+        borrowing=False,
+        created_at=T0,
+        updated_at=T0,
+    )
+    return replace(base, **changes)
+
+
+_reservation_ids = itertools.count(1)
+
+
+def reservation(tenant: str = "acme", **changes: Any) -> Reservation:
+    """A pending reservation of two 1-cpu slots, ``changes`` applied."""
+    base = Reservation(
+        id=f"r{next(_reservation_ids):06d}",
+        tenant=tenant,
+        pool="default",
+        resources=Resources(1000, 1 << 30),
+        count=2,
+        state=ReservationState.PENDING,
+        created_at=T0,
+        updated_at=T0,
+    )
     return replace(base, **changes)

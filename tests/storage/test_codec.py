@@ -7,8 +7,10 @@ from datetime import UTC, datetime, timedelta, timezone
 from hypothesis import given
 from hypothesis import strategies as st
 
-from taskplane.domain.resources import Resources
-from taskplane.domain.task import FailureClass, PendingReason, RetryPolicy, TaskSpec, Timeouts
+from taskplane.domain.reservation import Reservation, ReservationState
+from taskplane.domain.resources import Resources, extended_of
+from taskplane.domain.task import FailureClass, PendingReason, RetryPolicy, Task, TaskSpec, TaskState, Timeouts
+from taskplane.domain.tenant import Quota, Tenant
 from taskplane.storage.sql import codec
 from taskplane.storage.sql.store import decode_cursor, encode_cursor
 from taskplane.storage.sql.tables import from_micros, to_micros
@@ -42,7 +44,13 @@ specs = st.builds(
     env=st.dictionaries(text, text, max_size=3),
     workdir=st.none() | text,
     image=st.none() | text,
-    resources=st.builds(Resources, st.integers(0, 10**9), st.integers(0, 2**60), st.integers(0, 1024)),
+    resources=st.builds(
+        Resources,
+        st.integers(0, 10**9),
+        st.integers(0, 2**60),
+        st.integers(0, 1024),
+        st.dictionaries(text, st.integers(-5, 10**6), max_size=3).map(extended_of),
+    ),
     priority=st.integers(-(2**31), 2**31 - 1),
     tenant=text,
     labels=st.dictionaries(text, text, max_size=3),
@@ -59,6 +67,10 @@ specs = st.builds(
         retry_on=st.frozensets(st.sampled_from(FailureClass)),
     ),
     name=st.none() | text,
+    pool=text,
+    node_selector=st.dictionaries(text, text, max_size=3),
+    reservation=st.none() | text,
+    simulated_duration=st.none() | st.floats(0, 1e7),
 )
 
 
@@ -74,3 +86,65 @@ def test_pending_reasons_round_trip_through_json(reason: PendingReason) -> None:
 
 def test_old_spec_rows_read_with_defaults() -> None:
     assert codec.spec_from_json('{"command": ["true"]}') == TaskSpec(command=("true",))
+    old = '{"command": ["true"], "resources": {"millicpu": 5, "memory": 6, "gpu": 7}}'
+    assert codec.spec_from_json(old) == TaskSpec(command=("true",), resources=Resources(5, 6, 7))
+
+
+def test_extended_resources_are_stored_only_when_present() -> None:
+    assert "extended" not in codec.resources_to_doc(Resources(1, 2, 3))
+    assert codec.resources_to_doc(Resources(extended=(("a/b", 2),)))["extended"] == {"a/b": 2}
+
+
+def test_task_rows_copy_pool_and_requests_into_columns() -> None:
+    spec = TaskSpec(command=("x",), pool="gpu", resources=Resources(1500, 2048, 2))
+    row = codec.task_insert_row(Task("t", spec, TaskState.PENDING, from_micros(0), from_micros(0)), 1, None)
+
+    assert (row["pool"], row["millicpu"], row["memory"], row["gpu"]) == ("gpu", 1500, 2048, 2)
+
+
+optional_int = st.none() | st.integers(0, 2**62)
+tenants = st.builds(
+    Tenant,
+    name=text,
+    quota=st.builds(Quota, optional_int, optional_int, optional_int, optional_int, optional_int),
+    weight=st.floats(0.001, 1e6),
+    pools=st.none() | st.lists(text, max_size=3).map(tuple),
+    priority_min=st.integers(-1000, 0),
+    priority_max=st.integers(0, 1000),
+    borrowing=st.booleans(),
+    created_at=aware,
+    updated_at=aware,
+)
+
+
+@given(tenants)
+def test_tenants_round_trip_through_rows(tenant: Tenant) -> None:
+    row = codec.tenant_row(tenant)
+    assert codec.tenant_from_row([row[name] for name in codec.TENANT_FIELDS]) == tenant
+
+
+reservations = st.builds(
+    Reservation,
+    id=text,
+    tenant=text,
+    pool=text,
+    resources=specs.map(lambda spec: spec.resources),
+    count=st.integers(1, 1000),
+    state=st.sampled_from(ReservationState),
+    created_at=aware,
+    updated_at=aware,
+    priority=st.integers(-1000, 1000),
+    duration=st.none() | st.floats(0, 1e7),
+    expires_at=st.none() | aware,
+    activated_at=st.none() | aware,
+    ended_at=st.none() | aware,
+    nodes=st.lists(text, max_size=4).map(tuple),
+    seq=st.integers(1, 2**62),
+    message=st.none() | text,
+)
+
+
+@given(reservations)
+def test_reservations_round_trip_through_rows(reservation: Reservation) -> None:
+    row = codec.reservation_row(reservation, reservation.seq)
+    assert codec.reservation_from_row([row[name] for name in codec.RESERVATION_FIELDS]) == reservation

@@ -41,7 +41,7 @@ def full_task() -> Task:
         env={"A": "1", "UNICODE": "ünï"},
         workdir="sub/dir",
         image="docker.io/library/python:3.12",
-        resources=Resources(millicpu=1500, memory=3 << 30, gpu=2),
+        resources=Resources(millicpu=1500, memory=3 << 30, gpu=2, extended=(("example.com/fpga", 1), ("x/y", 7))),
         priority=-7,
         tenant="acme",
         labels={"team": "data", "env": "prod"},
@@ -56,6 +56,10 @@ def full_task() -> Task:
             max_infra_attempts=9,
         ),
         name="nightly-etl",
+        pool="gpu",
+        node_selector={"zone": "a", "disk": "ssd"},
+        reservation="r-123",
+        simulated_duration=12.5,
     )
     return Task(
         id="0123456789abcdefghjkmnpqrs",

@@ -1,8 +1,8 @@
 """Domain values to rows and JSON, and back. No SQL here: rows are plain dicts and positional tuples.
 
-The spec is stored whole as JSON (``tasks.spec``); tenant, priority and name are copied into columns only to
-filter and sort on. Decoding tolerates missing keys (taking the dataclass defaults), so fields added to the
-spec later read old rows without a data migration.
+The spec is stored whole as JSON (``tasks.spec``); tenant, priority, name, pool and the requested
+millicpu/memory/gpu are copied into columns only to filter, sort and add up on. Decoding tolerates missing keys
+(taking the dataclass defaults), so fields added to the spec later read old rows without a data migration.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from typing import Any
 
 import orjson
 
-from taskplane.domain.resources import Resources
+from taskplane.domain.reservation import Reservation, ReservationState
+from taskplane.domain.resources import Resources, extended_of
 from taskplane.domain.task import (
     Attempt,
     AttemptState,
@@ -26,6 +27,7 @@ from taskplane.domain.task import (
     TaskState,
     Timeouts,
 )
+from taskplane.domain.tenant import Quota, Tenant
 from taskplane.services.ports import TaskEvent
 from taskplane.storage.sql.tables import from_micros, to_micros
 
@@ -74,6 +76,43 @@ ATTEMPT_FIELDS: tuple[str, ...] = (
 EVENT_FIELDS: tuple[str, ...] = ("seq", "task_id", "at", "type", "from_state", "to_state", "attempt", "data")
 """Columns of ``task_events`` that ``event_from_row`` reads, in this order."""
 
+TENANT_FIELDS: tuple[str, ...] = (
+    "name",
+    "millicpu",
+    "memory",
+    "gpu",
+    "max_running",
+    "max_pending",
+    "weight",
+    "pools",
+    "priority_min",
+    "priority_max",
+    "borrowing",
+    "created_at",
+    "updated_at",
+)
+"""Columns of ``tenants`` that ``tenant_from_row`` reads, in this order."""
+
+RESERVATION_FIELDS: tuple[str, ...] = (
+    "id",
+    "seq",
+    "tenant",
+    "pool",
+    "resources",
+    "count",
+    "state",
+    "priority",
+    "duration",
+    "expires_at",
+    "activated_at",
+    "ended_at",
+    "created_at",
+    "updated_at",
+    "nodes",
+    "message",
+)
+"""Columns of ``reservations`` that ``reservation_from_row`` reads, in this order."""
+
 
 # ----------------------------------------------------------------------------------------- datetimes
 
@@ -101,7 +140,7 @@ def spec_to_json(spec: TaskSpec) -> str:
         "env": dict(spec.env),
         "workdir": spec.workdir,
         "image": spec.image,
-        "resources": {"millicpu": res.millicpu, "memory": res.memory, "gpu": res.gpu},
+        "resources": resources_to_doc(res),
         "priority": spec.priority,
         "tenant": spec.tenant,
         "labels": dict(spec.labels),
@@ -116,6 +155,10 @@ def spec_to_json(spec: TaskSpec) -> str:
             "max_infra_attempts": retry.max_infra_attempts,
         },
         "name": spec.name,
+        "pool": spec.pool,
+        "node_selector": dict(spec.node_selector),
+        "reservation": spec.reservation,
+        "simulated_duration": spec.simulated_duration,
     }
     return orjson.dumps(doc, option=_DUMPS_OPTIONS).decode()
 
@@ -133,7 +176,7 @@ def spec_from_json(text: str | bytes) -> TaskSpec:
         env=doc.get("env") or {},
         workdir=doc.get("workdir"),
         image=doc.get("image"),
-        resources=Resources(int(res.get("millicpu", 0)), int(res.get("memory", 0)), int(res.get("gpu", 0))),
+        resources=resources_from_doc(res),
         priority=doc.get("priority", 0),
         tenant=doc.get("tenant", "default"),
         labels=doc.get("labels") or {},
@@ -142,6 +185,29 @@ def spec_from_json(text: str | bytes) -> TaskSpec:
         else Timeouts(queue=queue, run=run, deadline=_from_iso(deadline)),
         retry=_retry_from_doc(retry) if retry else _DEFAULT_RETRY,
         name=doc.get("name"),
+        pool=doc.get("pool", "default"),
+        node_selector=doc.get("node_selector") or {},
+        reservation=doc.get("reservation"),
+        simulated_duration=doc.get("simulated_duration"),
+    )
+
+
+def resources_to_doc(res: Resources) -> dict[str, Any]:
+    """The JSON document of a resource vector; ``extended`` only when there is any (keeps most rows small)."""
+    doc: dict[str, Any] = {"millicpu": res.millicpu, "memory": res.memory, "gpu": res.gpu}
+    if res.extended:
+        doc["extended"] = dict(res.extended)
+    return doc
+
+
+def resources_from_doc(doc: Mapping[str, Any]) -> Resources:
+    """The ``Resources`` of a document from ``resources_to_doc``; missing quantities are zero."""
+    extended = doc.get("extended")
+    return Resources(
+        int(doc.get("millicpu", 0)),
+        int(doc.get("memory", 0)),
+        int(doc.get("gpu", 0)),
+        extended_of({str(k): int(v) for k, v in extended.items()}) if extended else (),
     )
 
 
@@ -150,6 +216,7 @@ _DEFAULT_RETRY = RetryPolicy()
 _FAILURE_CLASSES = {c.value: c for c in FailureClass}
 _TASK_STATES = {s.value: s for s in TaskState}
 _ATTEMPT_STATES = {s.value: s for s in AttemptState}
+_RESERVATION_STATES = {s.value: s for s in ReservationState}
 
 
 def _retry_from_doc(doc: Mapping[str, Any]) -> RetryPolicy:
@@ -240,6 +307,10 @@ def task_insert_row(task: Task, seq: int, request_hash: str | None) -> dict[str,
         "updated_at": task.updated_at,
         "started_at": task.started_at,
         "finished_at": task.finished_at,
+        "pool": spec.pool,
+        "millicpu": spec.resources.millicpu,
+        "memory": spec.resources.memory,
+        "gpu": spec.resources.gpu,
     }
 
 
@@ -250,8 +321,8 @@ TASK_UPDATE_KEY = "b_id"
 def task_update_params(task: Task) -> dict[str, Any]:
     """The lifecycle columns of a task, keyed for the UPDATE by id.
 
-    The spec and what is copied from it (tenant, priority, name, labels), the idempotency key, ``created_at``
-    and ``seq`` are written once, at creation.
+    The spec and what is copied from it (tenant, priority, name, labels, pool, resources), the idempotency key,
+    ``created_at`` and ``seq`` are written once, at creation.
     """
     return {
         TASK_UPDATE_KEY: task.id,
@@ -392,4 +463,100 @@ def event_from_row(row: Sequence[Any]) -> TaskEvent:
         to_state=None if to_state is None else _TASK_STATES[to_state],
         attempt=row[6],
         data=orjson.loads(row[7]),
+    )
+
+
+# ------------------------------------------------------------------------------------------- tenants
+
+
+def tenant_row(tenant: Tenant) -> dict[str, Any]:
+    """The full ``tenants`` row of a tenant."""
+    quota = tenant.quota
+    return {
+        "name": tenant.name,
+        "millicpu": quota.millicpu,
+        "memory": quota.memory,
+        "gpu": quota.gpu,
+        "max_running": quota.max_running,
+        "max_pending": quota.max_pending,
+        "weight": tenant.weight,
+        "pools": None if tenant.pools is None else orjson.dumps(list(tenant.pools)).decode(),
+        "priority_min": tenant.priority_min,
+        "priority_max": tenant.priority_max,
+        "borrowing": tenant.borrowing,
+        "created_at": tenant.created_at,
+        "updated_at": tenant.updated_at,
+    }
+
+
+def tenant_from_row(row: Sequence[Any]) -> Tenant:
+    """A ``Tenant`` from a row of the ``TENANT_FIELDS`` columns."""
+    pools = row[7]
+    return Tenant(
+        name=row[0],
+        quota=Quota(millicpu=row[1], memory=row[2], gpu=row[3], max_running=row[4], max_pending=row[5]),
+        weight=float(row[6]),
+        pools=None if pools is None else tuple(orjson.loads(pools)),
+        priority_min=row[8],
+        priority_max=row[9],
+        borrowing=bool(row[10]),
+        created_at=row[11],
+        updated_at=row[12],
+    )
+
+
+# -------------------------------------------------------------------------------------- reservations
+
+
+def reservation_row(reservation: Reservation, seq: int) -> dict[str, Any]:
+    """The full ``reservations`` row of a reservation with its store-assigned ``seq``."""
+    row = reservation_update_params(reservation)
+    del row[RESERVATION_UPDATE_KEY]
+    row.update(id=reservation.id, seq=seq, created_at=reservation.created_at)
+    return row
+
+
+RESERVATION_UPDATE_KEY = "b_id"
+"""The bind name of the reservation id in ``reservation_update_params``."""
+
+
+def reservation_update_params(reservation: Reservation) -> dict[str, Any]:
+    """Every column of a reservation but its id, ``seq`` and ``created_at``, keyed for the UPDATE by id."""
+    return {
+        RESERVATION_UPDATE_KEY: reservation.id,
+        "tenant": reservation.tenant,
+        "pool": reservation.pool,
+        "resources": orjson.dumps(resources_to_doc(reservation.resources)).decode(),
+        "count": reservation.count,
+        "state": reservation.state.value,
+        "priority": reservation.priority,
+        "duration": reservation.duration,
+        "expires_at": reservation.expires_at,
+        "activated_at": reservation.activated_at,
+        "ended_at": reservation.ended_at,
+        "updated_at": reservation.updated_at,
+        "nodes": orjson.dumps(list(reservation.nodes)).decode(),
+        "message": reservation.message,
+    }
+
+
+def reservation_from_row(row: Sequence[Any]) -> Reservation:
+    """A ``Reservation`` from a row of the ``RESERVATION_FIELDS`` columns."""
+    return Reservation(
+        id=row[0],
+        seq=row[1],
+        tenant=row[2],
+        pool=row[3],
+        resources=resources_from_doc(orjson.loads(row[4])),
+        count=row[5],
+        state=_RESERVATION_STATES[row[6]],
+        priority=row[7],
+        duration=row[8],
+        expires_at=row[9],
+        activated_at=row[10],
+        ended_at=row[11],
+        created_at=row[12],
+        updated_at=row[13],
+        nodes=tuple(orjson.loads(row[14])),
+        message=row[15],
     )

@@ -12,6 +12,9 @@ unique index on ``(tenant, idempotency_key)`` inside the creating transaction: a
 an insert that loses a race to a concurrent creator fails on the index, rolls back and the batch is retried,
 when the select finds the winner. ``tasks.seq`` comes from a counter row in ``meta``, incremented after that
 select; on PostgreSQL the counter's row lock is held until commit, so seqs are handed out in commit order.
+``reservations.seq`` comes from its own counter row the same way.
+
+The same class is the ``AdminStore`` (tenants, reservations, usage): one database, one set of threads.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -30,7 +34,9 @@ from sqlalchemy import Connection, Engine, bindparam, exists, func, literal, sel
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import ColumnElement
 
+from taskplane.domain.reservation import Reservation
 from taskplane.domain.task import TERMINAL_STATES, Attempt, AttemptState, Task, TaskState
+from taskplane.domain.tenant import Tenant
 from taskplane.errors import (
     ConflictError,
     IdempotencyConflictError,
@@ -38,8 +44,18 @@ from taskplane.errors import (
     NotFoundError,
     UnavailableError,
 )
-from taskplane.services.ports import ChangeSet, Created, NewTask, Page, TaskEvent, TaskFilter, TaskStore
-from taskplane.storage.sql import codec
+from taskplane.services.ports import (
+    AdminStore,
+    ChangeSet,
+    Created,
+    NewTask,
+    Page,
+    TaskEvent,
+    TaskFilter,
+    TaskStore,
+    UsageRow,
+)
+from taskplane.storage.sql import admin, codec
 from taskplane.storage.sql.engine import WRITE_OPTION, create_sql_engine, is_sqlite, parse_database_url
 from taskplane.storage.sql.errors import translated
 from taskplane.storage.sql.tables import (
@@ -50,6 +66,7 @@ from taskplane.storage.sql.tables import (
     task_events,
     task_labels,
     tasks,
+    to_micros,
 )
 
 T = TypeVar("T")
@@ -136,6 +153,7 @@ class SqlTaskStore:
             self._reader = self._writer
             self._snapshot_engine = engine.execution_options(isolation_level="REPEATABLE READ")
         self._sql = _Statements()
+        self._admin = admin.AdminStatements()
         self._closed = False
 
     @property
@@ -149,6 +167,19 @@ class SqlTaskStore:
         if self._closed:
             raise UnavailableError("the task store is closed")
         return await asyncio.get_running_loop().run_in_executor(executor, fn)
+
+    async def _read(self, action: str, body: Callable[[Connection], T]) -> T:
+        """Run ``body`` in one read transaction on a reader thread."""
+        return await self._call(self._reader, partial(self._in_transaction, self._engine, action, body))
+
+    async def _write(self, action: str, body: Callable[[Connection], T]) -> T:
+        """Run ``body`` in one write transaction on the writer thread(s)."""
+        return await self._call(self._writer, partial(self._in_transaction, self._write_engine, action, body))
+
+    @staticmethod
+    def _in_transaction(engine: Engine, action: str, body: Callable[[Connection], T]) -> T:
+        with translated(action), engine.begin() as conn:
+            return body(conn)
 
     # ------------------------------------------------------------------------------------- creating
 
@@ -246,6 +277,9 @@ class SqlTaskStore:
     async def apply(self, changes: ChangeSet) -> None:
         """Write a change set in one transaction: task rows by id, attempts by (task_id, number), events.
 
+        Reservations are upserted by id: a new one gets its ``seq``; of an id repeated in one change set, the
+        last row wins; ``seq`` and ``created_at`` of a stored one are kept.
+
         Only lifecycle columns of a task are updated: its spec, labels, idempotency key, ``created_at`` and
         ``seq`` are written once. Raises ``NotFoundError`` (and writes nothing) when a task or attempt to
         update does not exist, ``ConflictError`` when a new attempt's number is taken.
@@ -254,7 +288,11 @@ class SqlTaskStore:
             return
         # A shallow copy taken on the caller's thread: the caller may reuse its lists while the worker writes.
         snapshot = ChangeSet(
-            list(changes.tasks), list(changes.new_attempts), list(changes.attempts), list(changes.events)
+            list(changes.tasks),
+            list(changes.new_attempts),
+            list(changes.attempts),
+            list(changes.events),
+            list(changes.reservations),
         )
         await self._call(self._writer, partial(self._apply, snapshot))
 
@@ -265,6 +303,8 @@ class SqlTaskStore:
         new_attempt_rows = [codec.attempt_insert_row(a) for a in changes.new_attempts]
         attempt_params = [codec.attempt_update_params(a) for a in sorted(changes.attempts, key=_attempt_key)]
         event_rows = [codec.event_insert_row(e) for e in changes.events]
+        latest = {r.id: r for r in changes.reservations}
+        reservation_list = [latest[k] for k in sorted(latest)]
         with translated("apply changes"), self._write_engine.begin() as conn:
             if task_params:
                 updated = conn.execute(sql.update_task, task_params).rowcount
@@ -280,6 +320,8 @@ class SqlTaskStore:
                     )
             if event_rows:
                 conn.execute(sql.insert_event, event_rows)
+            if reservation_list:
+                admin.upsert_reservations(conn, self._admin, reservation_list)
 
     # -------------------------------------------------------------------------------------- reading
 
@@ -358,6 +400,87 @@ class SqlTaskStore:
             task_list = [codec.task_from_row(r) for r in conn.execute(self._sql.unfinished_tasks).all()]
             attempt_list = [codec.attempt_from_row(r) for r in conn.execute(self._sql.live_attempts).all()]
         return task_list, attempt_list
+
+    async def load_reservations(self) -> list[Reservation]:
+        """All pending and active reservations, oldest (lowest seq) first."""
+        return await self._read("load reservations", lambda conn: admin.live_reservations(conn, self._admin))
+
+    # --------------------------------------------------------------------------------------- tenants
+
+    async def list_tenants(self) -> list[Tenant]:
+        """Every stored tenant, by name (the implicit ``default`` only once stored)."""
+        return await self._read("list tenants", lambda conn: admin.list_tenants(conn, self._admin))
+
+    async def get_tenant(self, name: str) -> Tenant | None:
+        """One tenant, or ``None``."""
+        return await self._read("get a tenant", lambda conn: admin.get_tenant(conn, self._admin, name))
+
+    async def create_tenant(self, tenant: Tenant) -> Tenant:
+        """Insert a tenant and return it as stored.
+
+        ``created_at`` and ``updated_at`` must be set (services own the clock), else ``InvalidRequestError``
+        (``missing_timestamp``). ``ConflictError`` (``tenant_exists``) when the name is taken.
+        """
+        if tenant.created_at is None or tenant.updated_at is None:
+            raise InvalidRequestError(
+                f"tenant {tenant.name!r}: created_at and updated_at are required", code="missing_timestamp"
+            )
+        return await self._write("create a tenant", lambda conn: admin.create_tenant(conn, self._admin, tenant))
+
+    async def update_tenant(self, tenant: Tenant) -> Tenant:
+        """Replace the stored tenant of ``tenant.name`` and return it as stored.
+
+        ``created_at`` is kept from the stored row (written once); ``updated_at`` must be set, else
+        ``InvalidRequestError`` (``missing_timestamp``). ``NotFoundError`` (``tenant_not_found``) when missing.
+        """
+        if tenant.updated_at is None:
+            raise InvalidRequestError(f"tenant {tenant.name!r}: updated_at is required", code="missing_timestamp")
+        return await self._write("update a tenant", lambda conn: admin.update_tenant(conn, self._admin, tenant))
+
+    async def delete_tenant(self, name: str) -> None:
+        """Delete a tenant, checking in the same transaction that it is idle.
+
+        ``ConflictError`` (``tenant_not_empty``) while it has a task that is not terminal or a pending or
+        active reservation; ``NotFoundError`` (``tenant_not_found``) when there is no such tenant.
+        """
+        await self._write("delete a tenant", lambda conn: admin.delete_tenant(conn, self._admin, name))
+
+    # ---------------------------------------------------------------------------------- reservations
+
+    async def create_reservation(self, reservation: Reservation) -> Reservation:
+        """Insert a new reservation; the returned row carries its ``seq``.
+
+        ``ConflictError`` (``reservation_exists``) when the id is taken.
+        """
+        return await self._write(
+            "create a reservation", lambda conn: admin.create_reservation(conn, self._admin, reservation)
+        )
+
+    async def get_reservation(self, reservation_id: str) -> Reservation | None:
+        """One reservation, or ``None``."""
+        return await self._read(
+            "get a reservation", lambda conn: admin.get_reservation(conn, self._admin, reservation_id)
+        )
+
+    async def list_reservations(self, tenant: str | None = None, live_only: bool = False) -> list[Reservation]:
+        """Reservations (of ``tenant`` if given; only pending and active ones if ``live_only``), oldest first."""
+        return await self._read(
+            "list reservations", lambda conn: admin.list_reservations(conn, self._admin, tenant, live_only)
+        )
+
+    # ----------------------------------------------------------------------------------------- usage
+
+    async def usage(self, start: datetime, end: datetime) -> list[UsageRow]:
+        """Per (tenant, pool), by tenant then pool: what attempts overlapping ``[start, end)`` requested and used.
+
+        A running attempt counts up to ``end``; measured CPU is that of attempts finished in ``(start, end]``
+        (see ``admin.usage_statement``). ``InvalidRequestError``: ``naive_datetime``, or ``invalid_window``
+        unless ``start < end``.
+        """
+        start_us, end_us = to_micros(start), to_micros(end)
+        if start_us >= end_us:
+            raise InvalidRequestError("the usage window must end after it starts", code="invalid_window")
+        return await self._read("compute usage", lambda conn: admin.usage(conn, self._admin, start_us, end_us))
 
     # ---------------------------------------------------------------------------------- server facts
 
@@ -446,3 +569,6 @@ if TYPE_CHECKING:
 
     def _implements_the_port(store: SqlTaskStore) -> TaskStore:
         return store  # mypy checks that SqlTaskStore matches the TaskStore protocol
+
+    def _implements_the_admin_port(store: SqlTaskStore) -> AdminStore:
+        return store

@@ -6,7 +6,10 @@ SQLite and PostgreSQL. Structured values (the task spec, pending reasons, event 
     tasks 1---* task_labels      labels of a task, for label filters
     tasks 1---* attempts         one row per run, key (task_id, number)
     tasks 1---* task_events      the outbox, ordered by seq
-    meta                         counters (task_seq, epoch) and schema facts
+    tenants                      quotas, weights, allowed pools and priorities (by name; tasks.tenant refers to it
+                                 without a foreign key: the implicit ``default`` tenant has no row)
+    reservations                 capacity held for a tenant, ordered by seq
+    meta                         counters (task_seq, reservation_seq, epoch) and schema facts
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -96,12 +100,18 @@ tasks = Table(
     Column("updated_at", UtcMicros, nullable=False),
     Column("started_at", UtcMicros, nullable=True),
     Column("finished_at", UtcMicros, nullable=True),
+    # Copies of spec fields (written once, at creation) so usage and listing filter and add up in SQL.
+    Column("pool", String, nullable=False, server_default=text("'default'")),
+    Column("millicpu", BigInteger, nullable=False, server_default=text("0")),
+    Column("memory", BigInteger, nullable=False, server_default=text("0")),
+    Column("gpu", BigInteger, nullable=False, server_default=text("0")),
     UniqueConstraint("seq", name="uq_tasks_seq"),
     # The idempotency decision: one task per (tenant, key), forever. NULL keys never collide.
     UniqueConstraint("tenant", "idempotency_key", name="uq_tasks_tenant_idempotency_key"),
     Index("ix_tasks_state_seq", "state", "seq"),
     Index("ix_tasks_tenant_seq", "tenant", "seq"),
     Index("ix_tasks_created_at", "created_at"),
+    Index("ix_tasks_tenant_pool_seq", "tenant", "pool", "seq"),
 )
 
 task_labels = Table(
@@ -134,6 +144,8 @@ attempts = Table(
     Column("log_truncated", Boolean, nullable=False),
     PrimaryKeyConstraint("task_id", "number", name="pk_attempts"),
     Index("ix_attempts_state", "state"),
+    # Usage windows select attempts still running (NULL) or finished after the window's start.
+    Index("ix_attempts_finished_at", "finished_at"),
 )
 
 task_events = Table(
@@ -151,6 +163,49 @@ task_events = Table(
     sqlite_autoincrement=True,  # never reuse a seq, even after old events are pruned
 )
 
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("name", String, primary_key=True),
+    # Quota: NULL means unlimited for that quantity.
+    Column("millicpu", BigInteger, nullable=True),
+    Column("memory", BigInteger, nullable=True),
+    Column("gpu", BigInteger, nullable=True),
+    Column("max_running", Integer, nullable=True),
+    Column("max_pending", Integer, nullable=True),
+    Column("weight", Float, nullable=False),
+    Column("pools", Text, nullable=True),  # JSON list of allowed pools; NULL = every pool
+    Column("priority_min", Integer, nullable=False),
+    Column("priority_max", Integer, nullable=False),
+    Column("borrowing", Boolean, nullable=False),
+    Column("created_at", UtcMicros, nullable=False),
+    Column("updated_at", UtcMicros, nullable=False),
+)
+
+reservations = Table(
+    "reservations",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("tenant", String, nullable=False),
+    Column("pool", String, nullable=False),
+    Column("resources", Text, nullable=False),  # JSON: one slot's resources
+    Column("count", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("duration", Float, nullable=True),
+    Column("expires_at", UtcMicros, nullable=True),
+    Column("activated_at", UtcMicros, nullable=True),
+    Column("ended_at", UtcMicros, nullable=True),
+    Column("created_at", UtcMicros, nullable=False),
+    Column("updated_at", UtcMicros, nullable=False),
+    Column("nodes", Text, nullable=False),  # JSON list: the node of each slot once active
+    Column("message", Text, nullable=True),
+    UniqueConstraint("seq", name="uq_reservations_seq"),
+    Index("ix_reservations_state_seq", "state", "seq"),
+    Index("ix_reservations_tenant_seq", "tenant", "seq"),
+)
+
 meta = Table(
     "meta",
     metadata,
@@ -161,8 +216,11 @@ meta = Table(
 META_TASK_SEQ = "task_seq"
 """The last ``tasks.seq`` handed out."""
 
+META_RESERVATION_SEQ = "reservation_seq"
+"""The last ``reservations.seq`` handed out."""
+
 META_EPOCH = "epoch"
 """The server epoch, a fencing token bumped by every server start."""
 
 META_SCHEMA_GENERATION = "schema_generation"
-"""The schema generation the data was written with (1 = migration 0001)."""
+"""The schema generation the data was written with (1 = migration 0001, 2 = migration 0002)."""
