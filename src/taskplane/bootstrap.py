@@ -8,15 +8,21 @@ import os
 import socket
 import sys
 
-from taskplane.config import Settings
+from taskplane.config import PoolSettings, Settings
 from taskplane.domain import quantities as q
-from taskplane.domain.resources import Resources
+from taskplane.domain.pool import DEFAULT_POOL, Node, PlacementStrategy, Pool
+from taskplane.domain.resources import Resources, extended_of
+from taskplane.errors import InvalidRequestError
+from taskplane.scheduler import Policy
 from taskplane.services.clock import SystemClock
 from taskplane.services.engine import Engine, EngineConfig
+from taskplane.services.ids import new_reservation_id
 from taskplane.services.platform import Platform
 from taskplane.services.ports import Executor
+from taskplane.services.resources import ResourceService
 from taskplane.services.specs import SpecLimits
 from taskplane.services.tasks import TaskService, TaskServiceConfig
+from taskplane.services.tenants import TenantService
 
 log = logging.getLogger("taskplane")
 
@@ -81,21 +87,83 @@ def build_executor(settings: Settings) -> Executor:
     )
 
 
+def build_pools(settings: Settings) -> list[tuple[Pool, Executor]]:
+    """Every configured pool with the executor that serves it, in configuration order (executors not opened).
+
+    No ``pools`` configured: one pool ``default`` served by the local executor. A local pool's one node is this
+    machine (``executor.nodes()``) with the pool's labels; a simulated pool's nodes come from its node groups,
+    the pool's labels under each group's own. Quantities are parsed here (this is the first place allowed to use
+    ``domain.quantities``): a bad one raises ``InvalidRequestError`` naming the field, e.g.
+    ``pools[1].nodes[0].memory``, before anything starts. Node names must be unique across pools.
+    """
+    configured = settings.pools or [PoolSettings(name=DEFAULT_POOL, executor="local")]
+    built: list[tuple[Pool, Executor]] = []
+    owner: dict[str, str] = {}  # node name -> pool
+    for i, pool_settings in enumerate(configured):
+        placement = PlacementStrategy(pool_settings.placement)
+        executor: Executor
+        if pool_settings.executor == "local":
+            executor = build_executor(settings)
+            nodes = tuple(
+                Node(cap.node, pool_settings.name, cap.total, cap.max_tasks, {**cap.labels, **pool_settings.labels})
+                for cap in executor.nodes()
+            )
+        else:
+            executor, nodes = _build_simulated(pool_settings, f"pools[{i}]")
+        for node in nodes:
+            other = owner.setdefault(node.name, pool_settings.name)
+            if other != pool_settings.name:
+                raise InvalidRequestError(f"pools: node {node.name!r} is in both {other!r} and {pool_settings.name!r}")
+        built.append((Pool(pool_settings.name, pool_settings.executor, placement, nodes), executor))
+    return built
+
+
+def _build_simulated(pool: PoolSettings, where: str) -> tuple[Executor, tuple[Node, ...]]:
+    from taskplane.executors.simulated import SimNode, SimulatedExecutor, SimulatedExecutorConfig
+
+    sim_nodes: list[SimNode] = []
+    for j, group in enumerate(pool.nodes):
+        at = f"{where}.nodes[{j}]"
+        total = Resources(
+            millicpu=q.parse_millicpu(group.cpu, field=f"{at}.cpu"),
+            memory=q.parse_bytes(group.memory, field=f"{at}.memory"),
+            gpu=group.gpu,
+            extended=extended_of(group.extended),
+        )
+        labels = {**pool.labels, **group.labels}  # one mapping shared by the group's nodes: 100,000 stay cheap
+        sim_nodes.extend(SimNode(name, total, group.max_tasks, labels) for name in pool.node_names(j))
+    executor = SimulatedExecutor(SimulatedExecutorConfig(tuple(sim_nodes), pool.speed or 1.0))
+    nodes = tuple(Node(n.name, pool.name, n.total, n.max_tasks, n.labels) for n in sim_nodes)
+    return executor, nodes
+
+
 def build_platform(settings: Settings) -> Platform:
     """Wire the platform: SQL store, local executor, engine and services. Migrations are applied here."""
     from taskplane.storage.sql.store import create_task_store
 
     upgrade_database(settings)
     store = create_task_store(settings.resolved_database_url())
-    executor = build_executor(settings)
+    pools = build_pools(settings)
+    executor = pools[0][1]
     clock = SystemClock()
     base_env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
     base_env.setdefault("PATH", os.defpath)
     engine = Engine(
         store,
-        executor,
+        pools,
         clock,
-        EngineConfig(kill_grace=settings.kill_grace, node_queue=settings.node_queue, base_env=base_env),
+        EngineConfig(
+            kill_grace=settings.kill_grace,
+            node_queue=settings.node_queue,
+            base_env=base_env,
+            policy=Policy(
+                max_placements=1000,
+                preemption=settings.preemption,
+                backfill=settings.backfill,
+                fair_share=settings.fair_share,
+                max_preemptions=settings.max_preemptions_per_cycle,
+            ),
+        ),
     )
     defaults = Resources(
         millicpu=q.parse_millicpu(settings.default_cpu, field="default_cpu"),
@@ -115,7 +183,14 @@ def build_platform(settings: Settings) -> Platform:
             max_batch=settings.max_batch,
         ),
     )
-    return Platform(tasks=tasks, engine=engine, store=store, executor=executor)
+    return Platform(
+        tasks=tasks,
+        engine=engine,
+        store=store,
+        executor=executor,
+        tenants=TenantService(store, engine, clock),
+        resources=ResourceService(store, engine, clock, new_reservation_id),
+    )
 
 
 def serve(settings: Settings) -> None:

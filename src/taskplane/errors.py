@@ -13,6 +13,7 @@ errors into these with ``raise ... from exc``; nothing matches on message text.
     +-- ConflictError                (409)
     |   +-- InvalidTransitionError   (409) e.g. cancelling a finished task
     |   +-- IdempotencyConflictError (409) same key, different request
+    +-- LimitExceededError           (429) a tenant's hard limit is reached (e.g. ``pending_limit``); retry later
     +-- UnavailableError             (503) database or executor unreachable
     +-- InternalError                (500) a bug; never raised on purpose for bad input
 """
@@ -95,6 +96,13 @@ class IdempotencyConflictError(ConflictError):
     title = "Idempotency key reused with a different request"
 
 
+class LimitExceededError(TaskplaneError):
+    """A hard limit (a tenant's ``max_pending``) is reached; the same request may succeed later."""
+
+    code = "limit_exceeded"
+    title = "Limit reached"
+
+
 class UnavailableError(TaskplaneError):
     """A dependency (database, executor) is not reachable right now."""
 
@@ -121,6 +129,7 @@ ERRORS_BY_CODE: dict[str, type[TaskplaneError]] = {
         ConflictError,
         InvalidTransitionError,
         IdempotencyConflictError,
+        LimitExceededError,
         UnavailableError,
         InternalError,
     )

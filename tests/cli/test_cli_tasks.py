@@ -117,8 +117,8 @@ def test_list_table_and_filters(run: Run, api: FakeApi) -> None:
         ("limit", "2"),
     ]
     header, first, second = result.stdout.splitlines()
-    assert header.split() == ["ID", "NAME", "STATE", "AGE", "ATTEMPTS", "EXIT", "REASON"]
-    assert first.split() == ["t-3", "etl", "failed", "3h", "2", "2", "user"]
+    assert header.split() == ["ID", "NAME", "STATE", "POOL", "AGE", "ATTEMPTS", "EXIT", "REASON"]
+    assert first.split() == ["t-3", "etl", "failed", "default", "3h", "2", "2", "user"]
     assert second.split()[0] == "t-2"
     assert "quota_exhausted(cpu)" in second
     assert "--cursor next" in result.stderr
@@ -220,7 +220,14 @@ def test_logs_of_a_missing_task(run: Run, api: FakeApi) -> None:
 @pytest.fixture
 def capacity(api: FakeApi) -> dict[str, object]:
     def res(cpu: int, gib: int) -> dict[str, object]:
-        return {"cpu": str(cpu), "memory": f"{gib}Gi", "gpu": 0, "millicpu": cpu * 1000, "memory_bytes": gib << 30}
+        return {
+            "cpu": str(cpu),
+            "memory": f"{gib}Gi",
+            "gpu": 0,
+            "millicpu": cpu * 1000,
+            "memory_bytes": gib << 30,
+            "extended": {},
+        }
 
     node = {
         "node": "node-a",

@@ -12,7 +12,7 @@ from taskplane import __version__
 from taskplane.api import metrics
 from taskplane.api.errors import install_error_handlers
 from taskplane.api.limits import BodyLimitMiddleware
-from taskplane.api.routes import system, tasks
+from taskplane.api.routes import admin, resources, system, tasks
 from taskplane.services.platform import Platform
 
 
@@ -47,6 +47,8 @@ def create_app(platform: Platform, config: ApiConfig, *, manage_lifespan: bool =
     app.state.metrics = metrics.build_registry(platform)
     install_error_handlers(app)
     app.include_router(tasks.router)
+    app.include_router(resources.router)
+    app.include_router(admin.router)
     app.include_router(system.router)
     app.include_router(metrics.router)
     app.add_middleware(BodyLimitMiddleware, limit=config.max_body_bytes, batch_limit=config.max_batch_body_bytes)

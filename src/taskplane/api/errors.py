@@ -17,6 +17,7 @@ from taskplane.errors import (
     InternalError,
     InvalidRequestError,
     InvalidTransitionError,
+    LimitExceededError,
     MalformedRequestError,
     NotFoundError,
     PayloadTooLargeError,
@@ -39,6 +40,7 @@ STATUS: dict[type[TaskplaneError], int] = {
     ConflictError: 409,
     InvalidTransitionError: 409,
     IdempotencyConflictError: 409,
+    LimitExceededError: 429,
     UnavailableError: 503,
     InternalError: 500,
 }

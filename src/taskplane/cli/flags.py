@@ -10,14 +10,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import typer
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from taskplane.domain.quantities import parse_bytes, parse_duration, parse_millicpu
 from taskplane.errors import InvalidRequestError
 from taskplane.wire import TaskSubmit
+
+M = TypeVar("M", bound=BaseModel)
 
 # Where a TaskSubmit field comes from on the command line, for validation messages.
 _FLAG_OF_FIELD = {
@@ -30,6 +32,11 @@ _FLAG_OF_FIELD = {
     "workdir": "--workdir",
     "image": "--image",
     "resources.gpu": "--gpu",
+    "resources.extended": "--extended",
+    "pool": "--pool",
+    "node_selector": "--selector",
+    "reservation": "--reservation",
+    "simulated_duration": "--simulated-duration",
     "resources.cpu": "--cpu",
     "resources.memory": "--memory",
     "timeouts.run": "--timeout",
@@ -60,6 +67,20 @@ def parse_pairs(values: Sequence[str], flag: str) -> dict[str, str]:
             raise typer.BadParameter(f"{item!r} must look like KEY=VALUE", param_hint=f"'{flag}'")
         pairs[key] = value
     return pairs
+
+
+def parse_amounts(values: Sequence[str], flag: str) -> dict[str, int]:
+    """Parse repeated ``NAME=N`` flags (whole numbers >= 0) into a dict; a later name wins."""
+    amounts: dict[str, int] = {}
+    for name, text in parse_pairs(values, flag).items():
+        try:
+            amount = int(text)
+        except ValueError:
+            amount = -1
+        if amount < 0:
+            raise typer.BadParameter(f"{name}={text!r}: the amount must be a whole number >= 0", param_hint=f"'{flag}'")
+        amounts[name] = amount
+    return amounts
 
 
 def parse_rfc3339(value: str | None, flag: str) -> datetime | None:
@@ -98,6 +119,11 @@ class SubmitFlags:
     name: str | None = None
     workdir: str | None = None
     image: str | None = None
+    pool: str | None = None
+    selector: list[str] = field(default_factory=list)
+    reservation: str | None = None
+    extended: list[str] = field(default_factory=list)
+    simulated_duration: str | None = None
 
 
 def build_task(flags: SubmitFlags) -> TaskSubmit:
@@ -112,6 +138,7 @@ def build_task(flags: SubmitFlags) -> TaskSubmit:
         "cpu": _checked(parse_millicpu, flags.cpu, "--cpu"),
         "memory": _checked(parse_bytes, flags.memory, "--memory"),
         "gpu": flags.gpu,
+        "extended": parse_amounts(flags.extended, "--extended") or None,
     }
     timeouts = {
         "run": _checked(parse_duration, flags.timeout, "--timeout"),
@@ -132,16 +159,103 @@ def build_task(flags: SubmitFlags) -> TaskSubmit:
         "name": flags.name,
         "workdir": flags.workdir,
         "image": flags.image,
+        "pool": flags.pool,
+        "reservation": flags.reservation,
+        "simulated_duration": _checked(parse_duration, flags.simulated_duration, "--simulated-duration"),
     }
     fields.update({key: value for key, value in optional.items() if value is not None})
     if flags.labels:
         fields["labels"] = parse_pairs(flags.labels, "--label")
     if flags.env:
         fields["env"] = parse_pairs(flags.env, "--env")
+    if flags.selector:
+        fields["node_selector"] = parse_pairs(flags.selector, "--selector")
+    return validated(TaskSubmit, fields, _FLAG_OF_FIELD)
+
+
+UNLIMITED_WORDS = frozenset({"unlimited", "none", "null"})
+
+
+@dataclass(frozen=True, slots=True)
+class TenantFlags:
+    """The flags of ``taskplane tenants create|update``; ``None`` = not given. Quotas take ``unlimited``."""
+
+    cpu: str | None = None
+    memory: str | None = None
+    gpu: str | None = None
+    max_running: str | None = None
+    max_pending: str | None = None
+    weight: float | None = None
+    pools: list[str] = field(default_factory=list)
+    all_pools: bool = False
+    priority_min: int | None = None
+    priority_max: int | None = None
+    borrowing: bool | None = None
+
+
+def _quota_value(parse: Callable[[str, str], object], value: str | None, flag: str) -> tuple[bool, object]:
+    if value is None:
+        return False, None
+    if value.strip().lower() in UNLIMITED_WORDS:
+        return True, None
     try:
-        return TaskSubmit.model_validate(fields)
+        return True, parse(value.strip(), flag)
+    except InvalidRequestError as exc:
+        raise typer.BadParameter(exc.detail, param_hint=f"'{flag}'") from exc
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a whole number or 'unlimited'", param_hint=f"'{flag}'") from None
+
+
+def _quantity(parse: Callable[..., object]) -> Callable[[str, str], object]:
+    def check(value: str, flag: str) -> object:
+        parse(value, field=flag.lstrip("-"))
+        return value
+
+    return check
+
+
+def _whole(value: str, _flag: str) -> object:
+    return int(value)
+
+
+def tenant_fields(flags: TenantFlags) -> dict[str, Any]:
+    """The JSON members the flags set (a merge patch for ``update``, a body without ``name`` for ``create``)."""
+    body: dict[str, Any] = {}
+    quota: dict[str, Any] = {}
+    for key, parse, value, flag in (
+        ("cpu", _quantity(parse_millicpu), flags.cpu, "--cpu"),
+        ("memory", _quantity(parse_bytes), flags.memory, "--memory"),
+        ("gpu", _whole, flags.gpu, "--gpu"),
+        ("max_running", _whole, flags.max_running, "--max-running"),
+        ("max_pending", _whole, flags.max_pending, "--max-pending"),
+    ):
+        given, parsed = _quota_value(parse, value, flag)
+        if given:
+            quota[key] = parsed
+    if quota:
+        body["quota"] = quota
+    if flags.weight is not None:
+        body["weight"] = flags.weight
+    if flags.all_pools and flags.pools:
+        raise typer.BadParameter("give --pool or --all-pools, not both", param_hint="'--all-pools'")
+    if flags.all_pools:
+        body["pools"] = None
+    elif flags.pools:
+        body["pools"] = list(flags.pools)
+    priority = {k: v for k, v in (("min", flags.priority_min), ("max", flags.priority_max)) if v is not None}
+    if priority:
+        body["priority_range"] = priority
+    if flags.borrowing is not None:
+        body["borrowing"] = flags.borrowing
+    return body
+
+
+def validated(model: type[M], fields: dict[str, Any], flags_of: dict[str, str]) -> M:
+    """``fields`` as ``model``, or a usage error naming the flag of the first invalid field."""
+    try:
+        return model.model_validate(fields)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
-        flag = next((f for prefix, f in _FLAG_OF_FIELD.items() if where.startswith(prefix)), where)
+        flag = next((f for prefix, f in flags_of.items() if where.startswith(prefix)), where)
         raise typer.BadParameter(first["msg"], param_hint=f"'{flag}'") from exc

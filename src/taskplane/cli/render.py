@@ -82,6 +82,13 @@ def elapsed(start: datetime | None, end: datetime | None) -> str:
     return format_duration(round(seconds))
 
 
+def until(moment: datetime, now: datetime) -> str:
+    """Format a future time in UTC with how far off it is: ``2024-05-01 12:00:00Z (in 5m)``."""
+    if moment <= now:
+        return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z (now)"
+    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z (in {age(now, moment)})"
+
+
 def timestamp(moment: datetime | None, now: datetime) -> str:
     """Format a time in UTC with its age: ``2024-05-01 12:00:00Z (5m ago)``."""
     if moment is None:
@@ -107,9 +114,10 @@ def _failure(failure_class: str | None, message: str | None) -> str:
 
 
 def resources(res: ResourcesOut) -> str:
-    """Format resources compactly: ``cpu 500m, memory 256Mi, gpu 1``."""
+    """Format resources compactly: ``cpu 500m, memory 256Mi, gpu 1, example.com/fpga 1``."""
     text = f"cpu {res.cpu}, memory {res.memory}"
-    return text + (f", gpu {res.gpu}" if res.gpu else "")
+    text += f", gpu {res.gpu}" if res.gpu else ""
+    return text + "".join(f", {name} {amount}" for name, amount in sorted(res.extended.items()))
 
 
 def final_line(task: TaskOut) -> str:
@@ -126,13 +134,14 @@ def final_line(task: TaskOut) -> str:
 def task_table(tasks: Iterable[TaskOut], now: datetime) -> Table:
     """Tabulate tasks as ``list`` shows them."""
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("ID", "NAME", "STATE", "AGE", "ATTEMPTS", "EXIT", "REASON"):
+    for column in ("ID", "NAME", "STATE", "POOL", "AGE", "ATTEMPTS", "EXIT", "REASON"):
         table.add_column(column, no_wrap=column in ("ID", "STATE"), overflow="fold")
     for task in tasks:
         table.add_row(
             task.id,
             task.name or "",
             state_text(task.state),
+            task.pool,
             age(task.created_at, now),
             str(task.attempt_count),
             "" if task.exit_code is None else str(task.exit_code),
@@ -158,7 +167,10 @@ def _details(task: TaskOut, now: datetime) -> Table:
         rows.append(("Pending", why))
     if task.queue_position is not None:
         rows.append(("Queue position", str(task.queue_position)))
+    if task.eta is not None:
+        rows.append(("Estimated start", until(task.eta, now)))
     rows += [
+        ("Pool", task.pool),
         ("Priority", str(task.priority)),
         ("Command", ("sh -c " if task.shell else "") + shlex.join(task.command)),
     ]
@@ -167,6 +179,12 @@ def _details(task: TaskOut, now: datetime) -> Table:
     if task.workdir:
         rows.append(("Workdir", task.workdir))
     rows.append(("Resources", resources(task.resources)))
+    if task.node_selector:
+        rows.append(("Node selector", ", ".join(f"{k}={v}" for k, v in sorted(task.node_selector.items()))))
+    if task.reservation:
+        rows.append(("Reservation", task.reservation))
+    if task.simulated_duration is not None:
+        rows.append(("Simulated duration", format_duration(task.simulated_duration)))
     if task.labels:
         rows.append(("Labels", ", ".join(f"{k}={v}" for k, v in sorted(task.labels.items()))))
     if task.env:

@@ -14,7 +14,20 @@ import httpx
 from taskplane.sdk import calls, polling
 from taskplane.sdk.calls import Call, LogStream, TaskInput
 from taskplane.sdk.problems import transport_errors
-from taskplane.wire import BatchSubmitResult, CapacityOut, EventOut, TaskList, TaskOut
+from taskplane.wire import (
+    BatchSubmitResult,
+    CapacityOut,
+    EventOut,
+    ReservationOut,
+    ReserveRequest,
+    ResourcesReport,
+    TaskList,
+    TaskOut,
+    TenantCreate,
+    TenantOut,
+    TenantUpdate,
+    UsageReport,
+)
 
 T = TypeVar("T")
 
@@ -174,6 +187,72 @@ class AsyncClient:
     async def ready(self) -> dict[str, Any]:
         """``/readyz``: raises ``UnavailableError`` when the server is up but not ready."""
         return await self._send(calls.probe("/readyz"))
+
+    # -- tenants --------------------------------------------------------------------------------------------
+
+    async def create_tenant(
+        self, tenant: TenantCreate | Mapping[str, Any] | None = None, /, **fields: Any
+    ) -> TenantOut:
+        """Create a tenant, given as a ``TenantCreate``, a mapping, or keyword fields (``name``, ``quota``...).
+
+        tp.create_tenant(name="analytics", quota={"cpu": "16", "memory": "64Gi"}, weight=2)
+        """
+        return await self._send(calls.create_tenant(calls.coerce(TenantCreate, calls.either(tenant, fields), "tenant")))
+
+    async def update_tenant(
+        self, name: str, patch: TenantUpdate | Mapping[str, Any] | None = None, /, **fields: Any
+    ) -> TenantOut:
+        """Change only the members given (JSON merge patch); ``None`` resets one, e.g. ``quota={"cpu": None}``."""
+        return await self._send(
+            calls.update_tenant(name, calls.coerce(TenantUpdate, calls.either(patch, fields), "patch"))
+        )
+
+    async def get_tenant(self, name: str) -> TenantOut:
+        """One tenant with what it holds now."""
+        return await self._send(calls.get_tenant(name))
+
+    async def list_tenants(self) -> builtins.list[TenantOut]:
+        """Every tenant by name, ``default`` included."""
+        return (await self._send(calls.list_tenants())).items
+
+    async def delete_tenant(self, name: str) -> None:
+        """Delete a tenant with no live task or reservation (``ConflictError`` otherwise)."""
+        await self._send(calls.delete_tenant(name))
+
+    # -- resources ------------------------------------------------------------------------------------------
+
+    async def resources(self) -> ResourcesReport:
+        """Per pool and node: total, allocated, reserved and free resources."""
+        return await self._send(calls.resources())
+
+    async def reserve(
+        self, request: ReserveRequest | Mapping[str, Any] | None = None, /, **fields: Any
+    ) -> ReservationOut:
+        """Reserve ``count`` slots of ``resources`` in a pool for a tenant, all or none.
+
+        tp.reserve(tenant="analytics", pool="default", resources={"cpu": 2, "memory": "4Gi"}, count=4, ttl="1h")
+        """
+        return await self._send(
+            calls.reserve(calls.coerce(ReserveRequest, calls.either(request, fields), "reservation"))
+        )
+
+    async def release(self, reservation_id: str) -> ReservationOut:
+        """Release a reservation; ``ConflictError`` (``reservation_ended``) when it already ended."""
+        return await self._send(calls.release(reservation_id))
+
+    async def get_reservation(self, reservation_id: str) -> ReservationOut:
+        """One reservation, live or ended."""
+        return await self._send(calls.get_reservation(reservation_id))
+
+    async def list_reservations(self, tenant: str | None = None, live: bool = False) -> builtins.list[ReservationOut]:
+        """Reservations, oldest first; ``live`` keeps only pending and active ones."""
+        return (await self._send(calls.list_reservations(tenant, live))).items
+
+    async def usage(
+        self, window: str | None = None, start: datetime | None = None, end: datetime | None = None
+    ) -> UsageReport:
+        """Per tenant and pool over ``window`` (``"1h"``, ending now) or ``start``..``end``; default the last hour."""
+        return await self._send(calls.usage(window, start, end))
 
     # -- lifetime -------------------------------------------------------------------------------------------
 

@@ -25,7 +25,24 @@ from pydantic import BaseModel, ValidationError
 from taskplane import __version__
 from taskplane.errors import InternalError, InvalidRequestError
 from taskplane.sdk.problems import raise_for_problem
-from taskplane.wire import BatchSubmit, BatchSubmitResult, CapacityOut, EventOut, TaskList, TaskOut, TaskSubmit
+from taskplane.wire import (
+    BatchSubmit,
+    BatchSubmitResult,
+    CapacityOut,
+    EventOut,
+    ReservationList,
+    ReservationOut,
+    ReserveRequest,
+    ResourcesReport,
+    TaskList,
+    TaskOut,
+    TaskSubmit,
+    TenantCreate,
+    TenantList,
+    TenantOut,
+    TenantUpdate,
+    UsageReport,
+)
 
 DEFAULT_URL = "http://127.0.0.1:8420"
 URL_ENV = "TASKPLANE_URL"
@@ -118,6 +135,10 @@ def _decode_bytes(response: httpx.Response) -> bytes:
     return response.content
 
 
+def _decode_empty(response: httpx.Response) -> None:
+    raise_for_problem(response)
+
+
 def _decode_json_object(response: httpx.Response) -> dict[str, Any]:
     raise_for_problem(response)
     try:
@@ -135,6 +156,34 @@ def task_path(task_id: str, suffix: str = "") -> str:
     if not isinstance(task_id, str) or not task_id:
         raise InvalidRequestError("a task id must be a non-empty string")
     return f"/platform/tasks/{quote(task_id, safe='')}{suffix}"
+
+
+def _path(prefix: str, name: str, what: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise InvalidRequestError(f"a {what} must be a non-empty string")
+    return f"{prefix}/{quote(name, safe='')}"
+
+
+def either(value: M | Mapping[str, Any] | None, fields: Mapping[str, Any]) -> M | Mapping[str, Any]:
+    """The model or mapping given, or else the keyword ``fields``; both at once is a ``TypeError``."""
+    if value is not None and fields:
+        raise TypeError("pass a model or mapping, or keyword fields, not both")
+    return value if value is not None else fields
+
+
+def coerce(model: type[M], value: M | Mapping[str, Any], what: str) -> M:
+    """Validate ``value`` as ``model`` before anything is sent; errors are ``InvalidRequestError``."""
+    if isinstance(value, model):
+        return value
+    try:
+        return model.model_validate(dict(value))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or what
+        raise InvalidRequestError(
+            f"invalid {what}: {where}: {first['msg']}",
+            errors=exc.errors(include_url=False, include_context=False),
+        ) from exc
 
 
 def coerce_task(task: TaskInput | None, fields: Mapping[str, Any]) -> TaskSubmit:
@@ -277,3 +326,90 @@ def capacity() -> Call[CapacityOut]:
 def probe(path: Literal["/healthz", "/readyz"]) -> Call[dict[str, Any]]:
     """``GET /healthz`` (alive) or ``GET /readyz`` (database reachable, executors healthy)."""
     return Call("GET", path, _decode_json_object)
+
+
+# -- tenants --------------------------------------------------------------------------------------------------
+
+TENANTS = "/platform/admin/tenants"
+
+
+def create_tenant(tenant: TenantCreate) -> Call[TenantOut]:
+    """``POST /platform/admin/tenants`` (201; 409 ``tenant_exists``)."""
+    body = tenant.model_dump_json(exclude_unset=True).encode()
+    return Call("POST", TENANTS, _decode_model(TenantOut), body=body)
+
+
+def update_tenant(name: str, patch: TenantUpdate) -> Call[TenantOut]:
+    """``PATCH /platform/admin/tenants/{name}``: only the members set on ``patch`` are sent (``None`` as null)."""
+    body = patch.model_dump_json(exclude_unset=True).encode()
+    return Call("PATCH", _path(TENANTS, name, "tenant name"), _decode_model(TenantOut), body=body)
+
+
+def get_tenant(name: str) -> Call[TenantOut]:
+    """``GET /platform/admin/tenants/{name}``."""
+    return Call("GET", _path(TENANTS, name, "tenant name"), _decode_model(TenantOut))
+
+
+def list_tenants() -> Call[TenantList]:
+    """``GET /platform/admin/tenants``."""
+    return Call("GET", TENANTS, _decode_model(TenantList))
+
+
+def delete_tenant(name: str) -> Call[None]:
+    """``DELETE /platform/admin/tenants/{name}`` (204; 409 ``tenant_not_empty`` or ``tenant_protected``)."""
+    return Call("DELETE", _path(TENANTS, name, "tenant name"), _decode_empty)
+
+
+# -- resources ------------------------------------------------------------------------------------------------
+
+RESOURCES = "/platform/resources"
+
+
+def resources() -> Call[ResourcesReport]:
+    """``GET /platform/resources``: per pool and node, total, allocated, reserved and free."""
+    return Call("GET", RESOURCES, _decode_model(ResourcesReport))
+
+
+def reserve(request: ReserveRequest) -> Call[ReservationOut]:
+    """``POST /platform/resources/reserve`` (201, the reservation ``pending`` or already ``active``)."""
+    body = request.model_dump_json(exclude_unset=True).encode()
+    return Call("POST", f"{RESOURCES}/reserve", _decode_model(ReservationOut), body=body)
+
+
+def _reservation_path(reservation_id: str) -> str:
+    path = _path(RESOURCES, reservation_id, "reservation id")
+    if reservation_id in ("reserve", "reservations", "usage"):
+        raise InvalidRequestError(f"{reservation_id!r} is not a reservation id")
+    return path
+
+
+def release(reservation_id: str) -> Call[ReservationOut]:
+    """``DELETE /platform/resources/{id}``: the released reservation (409 ``reservation_ended``)."""
+    return Call("DELETE", _reservation_path(reservation_id), _decode_model(ReservationOut))
+
+
+def get_reservation(reservation_id: str) -> Call[ReservationOut]:
+    """``GET /platform/resources/{id}``."""
+    return Call("GET", _reservation_path(reservation_id), _decode_model(ReservationOut))
+
+
+def list_reservations(tenant: str | None = None, live: bool = False) -> Call[ReservationList]:
+    """``GET /platform/resources/reservations``, oldest first."""
+    params: list[tuple[str, str]] = []
+    if tenant is not None:
+        params.append(("tenant", tenant))
+    if live:
+        params.append(("live", "true"))
+    return Call("GET", f"{RESOURCES}/reservations", _decode_model(ReservationList), params=tuple(params))
+
+
+def usage(window: str | None = None, start: datetime | None = None, end: datetime | None = None) -> Call[UsageReport]:
+    """``GET /platform/resources/usage``: ``window`` (``"1h"``) ending now, or ``start``/``end``."""
+    params: list[tuple[str, str]] = []
+    if window is not None:
+        params.append(("window", window))
+    if start is not None:
+        params.append(("start", rfc3339(start, field="start")))
+    if end is not None:
+        params.append(("end", rfc3339(end, field="end")))
+    return Call("GET", f"{RESOURCES}/usage", _decode_model(UsageReport), params=tuple(params))

@@ -14,7 +14,20 @@ import httpx
 from taskplane.sdk import calls, polling
 from taskplane.sdk.calls import Call, LogStream, TaskInput
 from taskplane.sdk.problems import transport_errors
-from taskplane.wire import BatchSubmitResult, CapacityOut, EventOut, TaskList, TaskOut
+from taskplane.wire import (
+    BatchSubmitResult,
+    CapacityOut,
+    EventOut,
+    ReservationOut,
+    ReserveRequest,
+    ResourcesReport,
+    TaskList,
+    TaskOut,
+    TenantCreate,
+    TenantOut,
+    TenantUpdate,
+    UsageReport,
+)
 
 T = TypeVar("T")
 
@@ -168,6 +181,64 @@ class Client:
     def ready(self) -> dict[str, Any]:
         """``/readyz``: raises ``UnavailableError`` when the server is up but not ready."""
         return self._send(calls.probe("/readyz"))
+
+    # -- tenants --------------------------------------------------------------------------------------------
+
+    def create_tenant(self, tenant: TenantCreate | Mapping[str, Any] | None = None, /, **fields: Any) -> TenantOut:
+        """Create a tenant, given as a ``TenantCreate``, a mapping, or keyword fields (``name``, ``quota``...).
+
+        tp.create_tenant(name="analytics", quota={"cpu": "16", "memory": "64Gi"}, weight=2)
+        """
+        return self._send(calls.create_tenant(calls.coerce(TenantCreate, calls.either(tenant, fields), "tenant")))
+
+    def update_tenant(
+        self, name: str, patch: TenantUpdate | Mapping[str, Any] | None = None, /, **fields: Any
+    ) -> TenantOut:
+        """Change only the members given (JSON merge patch); ``None`` resets one, e.g. ``quota={"cpu": None}``."""
+        return self._send(calls.update_tenant(name, calls.coerce(TenantUpdate, calls.either(patch, fields), "patch")))
+
+    def get_tenant(self, name: str) -> TenantOut:
+        """One tenant with what it holds now."""
+        return self._send(calls.get_tenant(name))
+
+    def list_tenants(self) -> builtins.list[TenantOut]:
+        """Every tenant by name, ``default`` included."""
+        return (self._send(calls.list_tenants())).items
+
+    def delete_tenant(self, name: str) -> None:
+        """Delete a tenant with no live task or reservation (``ConflictError`` otherwise)."""
+        self._send(calls.delete_tenant(name))
+
+    # -- resources ------------------------------------------------------------------------------------------
+
+    def resources(self) -> ResourcesReport:
+        """Per pool and node: total, allocated, reserved and free resources."""
+        return self._send(calls.resources())
+
+    def reserve(self, request: ReserveRequest | Mapping[str, Any] | None = None, /, **fields: Any) -> ReservationOut:
+        """Reserve ``count`` slots of ``resources`` in a pool for a tenant, all or none.
+
+        tp.reserve(tenant="analytics", pool="default", resources={"cpu": 2, "memory": "4Gi"}, count=4, ttl="1h")
+        """
+        return self._send(calls.reserve(calls.coerce(ReserveRequest, calls.either(request, fields), "reservation")))
+
+    def release(self, reservation_id: str) -> ReservationOut:
+        """Release a reservation; ``ConflictError`` (``reservation_ended``) when it already ended."""
+        return self._send(calls.release(reservation_id))
+
+    def get_reservation(self, reservation_id: str) -> ReservationOut:
+        """One reservation, live or ended."""
+        return self._send(calls.get_reservation(reservation_id))
+
+    def list_reservations(self, tenant: str | None = None, live: bool = False) -> builtins.list[ReservationOut]:
+        """Reservations, oldest first; ``live`` keeps only pending and active ones."""
+        return (self._send(calls.list_reservations(tenant, live))).items
+
+    def usage(
+        self, window: str | None = None, start: datetime | None = None, end: datetime | None = None
+    ) -> UsageReport:
+        """Per tenant and pool over ``window`` (``"1h"``, ending now) or ``start``..``end``; default the last hour."""
+        return self._send(calls.usage(window, start, end))
 
     # -- lifetime -------------------------------------------------------------------------------------------
 

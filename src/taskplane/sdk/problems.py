@@ -3,7 +3,7 @@
 Two kinds of failure reach a client:
 
 - a non-2xx response: its RFC 9457 problem ``code`` picks the class in ``ERRORS_BY_CODE``; a response without
-  a known code falls back on its status (404, 409, 413, other 4xx, 5xx);
+  a known code falls back on its status (404, 409, 413, 429, other 4xx, 5xx);
 - a transport failure (refused, reset, timed out): ``UnavailableError`` naming the URL, raised from the
   ``httpx`` exception.
 
@@ -24,6 +24,7 @@ from taskplane.errors import (
     ERRORS_BY_CODE,
     ConflictError,
     InvalidRequestError,
+    LimitExceededError,
     NotFoundError,
     PayloadTooLargeError,
     TaskplaneError,
@@ -41,6 +42,8 @@ def error_class_for_status(status: int) -> type[TaskplaneError]:
         return ConflictError
     if status == 413:
         return PayloadTooLargeError
+    if status == 429:
+        return LimitExceededError
     if 400 <= status < 500:
         return InvalidRequestError
     return UnavailableError

@@ -465,6 +465,10 @@ class Engine:
         """A configured pool."""
         return self._pools.get(name)
 
+    def pool_names(self) -> list[str]:
+        """The configured pools, in configuration order."""
+        return list(self._pools)
+
     def executor_of(self, pool: str) -> Executor | None:
         """The executor serving a pool."""
         return self._executors.get(pool)

@@ -151,7 +151,7 @@ class Ledger:
         return self._reservations.get(reservation_id)
 
     def live_usage(self) -> dict[tuple[str, str], Resources]:
-        """(tenant, pool) -> what its tasks and reservations hold now."""
+        """(tenant, pool) -> what its tasks and reservations hold on nodes now (not launches in a node's queue)."""
         return {key: res for key, res in self._by_pool.items() if not res.is_zero()}
 
     def pool_usage(self) -> list[PoolUsage]:
@@ -243,9 +243,11 @@ class Ledger:
 
     # ---------------------------------------------------------------------------------------- writes
 
-    def _tenant_add(self, tenant: str, pool: str, res: Resources, tasks: int) -> None:
+    def _tenant_add(self, tenant: str, pool: str, res: Resources, tasks: int, *, allocated: bool = True) -> None:
+        # ``_usage`` is what counts against the quota (queued launches too); ``_by_pool`` what is allocated.
         self._usage[tenant] = self._usage.get(tenant, ZERO) + res
-        self._by_pool[(tenant, pool)] = self._by_pool.get((tenant, pool), ZERO) + res
+        if allocated:
+            self._by_pool[(tenant, pool)] = self._by_pool.get((tenant, pool), ZERO) + res
         self._running[tenant] += tasks
 
     def charge(
@@ -278,7 +280,7 @@ class Ledger:
         elif queued:
             state.queued = state.queued + res
             state.queued_tasks += 1
-            self._tenant_add(spec.tenant, state.node.pool, res, 1)
+            self._tenant_add(spec.tenant, state.node.pool, res, 1, allocated=False)
             charge = Charge(task.id, spec.tenant, state.node.pool, node, res, queued=True)
         else:
             state.allocated = state.allocated + res
@@ -312,6 +314,8 @@ class Ledger:
         state.queued_tasks -= 1
         state.allocated = state.allocated + old.resources
         state.tasks += 1
+        key = (old.tenant, old.pool)
+        self._by_pool[key] = self._by_pool.get(key, ZERO) + old.resources
         charge = replace(old, queued=False)
         self._charges[task.id] = charge
         self._add_running(task, charge, started_at, False)
@@ -352,7 +356,7 @@ class Ledger:
         if charge.queued:
             state.queued = state.queued - charge.resources
             state.queued_tasks -= 1
-            self._tenant_add(charge.tenant, charge.pool, ZERO - charge.resources, -1)
+            self._tenant_add(charge.tenant, charge.pool, ZERO - charge.resources, -1, allocated=False)
         elif charge.reservation is not None and charge.slot is not None:
             slot = self._slots[charge.reservation][charge.slot]
             slot.used = slot.used - charge.resources

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from taskplane.errors import UnavailableError
 from taskplane.services.engine import Engine
 from taskplane.services.ports import Executor, TaskStore
+from taskplane.services.resources import ResourceService
 from taskplane.services.tasks import TaskService
+from taskplane.services.tenants import TenantService
 
 
 @dataclass(slots=True)
@@ -17,7 +19,9 @@ class Platform:
     tasks: TaskService
     engine: Engine
     store: TaskStore
-    executor: Executor
+    executor: Executor  # the first pool's
+    tenants: TenantService
+    resources: ResourceService
     started: bool = False
 
     async def start(self) -> None:

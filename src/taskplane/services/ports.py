@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from taskplane.domain.outcome import AttemptOutcome
-from taskplane.domain.pool import Node
 from taskplane.domain.reservation import Reservation
 from taskplane.domain.resources import Resources
 from taskplane.domain.task import Attempt, Task, TaskState

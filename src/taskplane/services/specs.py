@@ -1,28 +1,84 @@
-"""Turning a submitted ``TaskSubmit`` into a validated domain ``TaskSpec``.
+"""Turning a submitted ``TaskSubmit`` into a validated domain ``TaskSpec``, and checking who may submit it.
 
-The API and the CLI get the same messages because both go through here. Every refusal is an
-``InvalidRequestError`` (422) or ``PayloadTooLargeError`` (413) naming the field.
+The API and the CLI get the same messages because both go through here. Two steps:
+
+    TaskSubmit --build_spec--> TaskSpec (form: types, sizes, names)   422 invalid_field / 413
+               --resolve_access(directory)--> TaskSpec with its pool  404 tenant/pool/reservation_not_found,
+                                                                      422 priority_not_allowed
+    tasks per tenant --check_pending_limits(directory)-->             429 pending_limit
+
+``directory`` is what the engine knows now (tenants, pools, live reservations, counts). A request larger than
+every node of its pool is accepted: the scheduler parks it with reason ``never_fits``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Protocol
 
 import orjson
 
 from taskplane.domain import quantities as q
-from taskplane.domain.resources import Resources
+from taskplane.domain.pool import DEFAULT_POOL, Pool
+from taskplane.domain.reservation import Reservation
+from taskplane.domain.resources import Resources, extended_of
 from taskplane.domain.task import FailureClass, RetryPolicy, TaskSpec, Timeouts
-from taskplane.errors import InvalidRequestError, PayloadTooLargeError
-from taskplane.wire import TaskSubmit
+from taskplane.domain.tenant import Tenant
+from taskplane.errors import (
+    InvalidRequestError,
+    LimitExceededError,
+    NotFoundError,
+    PayloadTooLargeError,
+    UnschedulableError,
+)
+from taskplane.wire import ResourcesIn, TaskSubmit
 
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,62})$")
+# The same rule as pool configuration (``config.NodeGroupSettings``), e.g. ``example.com/fpga``.
+_EXTENDED_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,126}[A-Za-z0-9])?$")
+_BUILTIN_RESOURCES = frozenset({"cpu", "memory", "gpu"})
 MAX_LABELS = 64
 MAX_LABEL_VALUE = 256
+MAX_EXTENDED = 1_000_000  # of one extended resource in one request
+MAX_EXTENDED_NAMES = 32
+MAX_NAME = 253  # pool and reservation names
+
+
+class PendingCount(Protocol):
+    """A tenant's live counts, as far as submission checks read them."""
+
+    @property
+    def pending(self) -> int: ...  # noqa: D102
+
+
+class Directory(Protocol):
+    """What submission checks read: the engine's tenants, pools, live reservations and per-tenant counts."""
+
+    def tenant(self, name: str) -> Tenant | None:
+        """A tenant (``default`` always exists), or ``None``."""
+        ...
+
+    def pool(self, name: str) -> Pool | None:
+        """A pool with its nodes, or ``None``."""
+        ...
+
+    def reservation(self, reservation_id: str) -> Reservation | None:
+        """A pending or active reservation, or ``None``."""
+        ...
+
+    def pool_names(self) -> list[str]:
+        """The configured pools, in configuration order."""
+        ...
+
+    def tenant_counts(self, name: str) -> PendingCount:
+        """The tenant's live counts; only ``pending`` is read here."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,15 +164,77 @@ def _labels(sub: TaskSubmit) -> dict[str, str]:
     return dict(sub.labels)
 
 
-def _resources(sub: TaskSubmit, default: Resources) -> Resources:
-    res = sub.resources
+def _extended(values: Mapping[str, int] | None, field: str) -> dict[str, int]:
+    if not values:
+        return {}
+    if len(values) > MAX_EXTENDED_NAMES:
+        raise InvalidRequestError(f"at most {MAX_EXTENDED_NAMES} extended resources", code="invalid_field", field=field)
+    out: dict[str, int] = {}
+    for name, amount in values.items():
+        if name in _BUILTIN_RESOURCES or not _EXTENDED_NAME.match(name):
+            raise InvalidRequestError(
+                f"extended resource name {name[:64]!r} must be 1-128 of [A-Za-z0-9._/-] (like 'example.com/fpga'), "
+                "not cpu, memory or gpu",
+                code="invalid_field",
+                field=field,
+            )
+        out[name] = q.parse_count(amount, field=f"{field}.{name}", maximum=MAX_EXTENDED)
+    return out
+
+
+def parse_resources(res: ResourcesIn | None, default: Resources, field: str = "resources") -> Resources:
+    """Resources from their wire form; members not given take ``default`` (GPUs and extended: none)."""
     if res is None:
         return default
     return Resources(
-        millicpu=default.millicpu if res.cpu is None else q.parse_millicpu(res.cpu, field="resources.cpu"),
-        memory=default.memory if res.memory is None else q.parse_bytes(res.memory, field="resources.memory"),
-        gpu=0 if res.gpu is None else q.parse_count(res.gpu, field="resources.gpu", maximum=q.MAX_GPU),
+        millicpu=default.millicpu if res.cpu is None else q.parse_millicpu(res.cpu, field=f"{field}.cpu"),
+        memory=default.memory if res.memory is None else q.parse_bytes(res.memory, field=f"{field}.memory"),
+        gpu=0 if res.gpu is None else q.parse_count(res.gpu, field=f"{field}.gpu", maximum=q.MAX_GPU),
+        extended=extended_of(_extended(res.extended, f"{field}.extended")),
     )
+
+
+@contextmanager
+def naming(field: str) -> Iterator[None]:
+    """Refusals inside the block become 422 ``invalid_field`` naming ``field`` (unless they name one already)."""
+    try:
+        yield
+    except InvalidRequestError as exc:
+        if "field" in exc.extra:
+            raise
+        raise InvalidRequestError(exc.detail, code="invalid_field", field=field) from exc
+
+
+def check_name(value: str, field: str) -> str:
+    """A pool or reservation name: 1-253 printable characters (whether it exists is checked later)."""
+    if not value or len(value) > MAX_NAME or not value.isprintable() or value.strip() != value:
+        raise InvalidRequestError(
+            f"{field} must be 1-{MAX_NAME} printable characters without surrounding spaces",
+            code="invalid_field",
+            field=field,
+        )
+    return value
+
+
+def _node_selector(sub: TaskSubmit) -> dict[str, str]:
+    if len(sub.node_selector) > MAX_LABELS:
+        raise InvalidRequestError(
+            f"at most {MAX_LABELS} node selector labels", code="invalid_field", field="node_selector"
+        )
+    for key, value in sub.node_selector.items():
+        if not _LABEL_KEY.match(key):
+            raise InvalidRequestError(
+                f"node selector key {key[:64]!r} must be 1-63 characters of [A-Za-z0-9._/-], starting alphanumeric",
+                code="invalid_field",
+                field="node_selector",
+            )
+        if len(value) > MAX_LABEL_VALUE or "\x00" in value:
+            raise InvalidRequestError(
+                f"node selector {key} value must be at most {MAX_LABEL_VALUE} characters without NUL",
+                code="invalid_field",
+                field="node_selector",
+            )
+    return dict(sub.node_selector)
 
 
 def _timeouts(sub: TaskSubmit, now: datetime) -> Timeouts:
@@ -160,20 +278,142 @@ def build_spec(sub: TaskSubmit, limits: SpecLimits, now: datetime) -> TaskSpec:
         _no_nul(sub.name, "name")
     if sub.image is not None:
         _no_nul(sub.image, "image")
+    simulated = sub.simulated_duration
     return TaskSpec(
         command=_command(sub, limits),
         shell=sub.shell,
         env=_env(sub, limits),
         workdir=_workdir(sub),
         image=sub.image,
-        resources=_resources(sub, limits.default_resources),
+        resources=parse_resources(sub.resources, limits.default_resources),
         priority=sub.priority,
         tenant=sub.tenant,
         labels=_labels(sub),
         timeouts=_timeouts(sub, now),
         retry=_retry(sub),
         name=sub.name,
+        pool=DEFAULT_POOL if sub.pool is None else check_name(sub.pool, "pool"),
+        node_selector=_node_selector(sub),
+        reservation=None if sub.reservation is None else check_name(sub.reservation, "reservation"),
+        simulated_duration=None if simulated is None else q.parse_duration(simulated, field="simulated_duration"),
     )
+
+
+def default_pool(tenant: Tenant, directory: Directory) -> str:
+    """Where a tenant's work goes when no pool is named.
+
+    Its first allowed pool, else ``default``, else the first configured pool.
+    """
+    if tenant.pools:
+        return tenant.pools[0]
+    names = directory.pool_names()
+    return DEFAULT_POOL if DEFAULT_POOL in names or not names else names[0]
+
+
+def find_tenant(directory: Directory, name: str) -> Tenant:
+    """The tenant, or 404 ``tenant_not_found``."""
+    tenant = directory.tenant(name)
+    if tenant is None:
+        raise NotFoundError(f"tenant {name!r} not found", code="tenant_not_found", field="tenant")
+    return tenant
+
+
+def find_pool(directory: Directory, tenant: Tenant, name: str) -> Pool:
+    """A pool the tenant may use, or 404 ``pool_not_found`` (a pool it may not use looks missing)."""
+    pool = directory.pool(name)
+    if pool is None or not tenant.may_use_pool(name):
+        raise NotFoundError(f"pool {name!r} not found", code="pool_not_found", field="pool")
+    return pool
+
+
+def check_priority(tenant: Tenant, priority: int) -> None:
+    """422 ``priority_not_allowed`` when ``priority`` is outside the tenant's range."""
+    if not tenant.allows_priority(priority):
+        raise InvalidRequestError(
+            f"priority {priority} is outside tenant {tenant.name}'s range {tenant.priority_min}..{tenant.priority_max}",
+            code="priority_not_allowed",
+            field="priority",
+            min=tenant.priority_min,
+            max=tenant.priority_max,
+        )
+
+
+def check_fits(spec: TaskSpec, pool: Pool, reservation: Reservation | None) -> None:
+    """422 ``unschedulable`` when the request can never fit.
+
+    That is, larger than every node of the pool that matches its node selector, or than its reservation's
+    slot. A request that merely does not fit now is accepted.
+    """
+    res = spec.resources
+    if reservation is not None:
+        if not res.fits_in(reservation.resources):
+            raise UnschedulableError(
+                f"the task requests {res.describe()} but each slot of reservation {reservation.id} holds "
+                f"{reservation.resources.describe()}; it could never run there",
+                resource=",".join(res.shortfall(reservation.resources)),
+            )
+        return
+    nodes = [n for n in pool.nodes if n.matches(spec.node_selector)]
+    if not nodes:
+        raise UnschedulableError(
+            f"no node of pool {pool.name} has the labels {dict(spec.node_selector)}; the task could never run",
+            resource="node_selector",
+        )
+    if any(res.fits_in(n.total) for n in nodes):
+        return
+    largest = max(nodes, key=lambda n: (n.total.millicpu, n.total.memory))
+    raise UnschedulableError(
+        f"the task requests {res.describe()} but the largest node of pool {pool.name} ({largest.name}) has "
+        f"{largest.total.describe()}; it could never run",
+        resource=",".join(res.shortfall(largest.total)),
+    )
+
+
+def resolve_access(spec: TaskSpec, pool: str | None, directory: Directory) -> TaskSpec:
+    """Check that the spec's tenant may submit it; return it with its pool resolved.
+
+    ``pool`` is the pool the caller named, or ``None``: then the reservation's pool, else the tenant's default
+    pool. A tenant, pool or reservation the caller may not use is a 404 as if it did not exist.
+    """
+    tenant = find_tenant(directory, spec.tenant)
+    if spec.reservation is not None:
+        held = directory.reservation(spec.reservation)
+        if held is None or held.tenant != tenant.name or (pool is not None and held.pool != pool):
+            raise NotFoundError(
+                f"reservation {spec.reservation!r} not found (or not live, or not this tenant's in this pool)",
+                code="reservation_not_found",
+                field="reservation",
+            )
+        pool = held.pool
+    name = pool if pool is not None else default_pool(tenant, directory)
+    found = find_pool(directory, tenant, name)
+    check_priority(tenant, spec.priority)
+    check_fits(spec, found, directory.reservation(spec.reservation) if spec.reservation else None)
+    return spec if spec.pool == name else replace(spec, pool=name)
+
+
+def check_pending_limits(
+    adding: Mapping[str, int], directory: Directory, in_flight: Mapping[str, int] | None = None
+) -> None:
+    """429 ``pending_limit`` when adding tasks (count per tenant) would take a tenant over its ``max_pending``.
+
+    ``in_flight`` counts tasks of other requests that passed this check and are being committed.
+    """
+    for name, count in adding.items():
+        tenant = find_tenant(directory, name)
+        limit = tenant.quota.max_pending
+        if limit is None:
+            continue
+        pending = directory.tenant_counts(name).pending + (in_flight or {}).get(name, 0)
+        if pending + count > limit:
+            raise LimitExceededError(
+                f"tenant {name} has {pending} pending tasks; its limit is {limit}"
+                + (f" (this request adds {count})" if count > 1 else ""),
+                code="pending_limit",
+                tenant=name,
+                limit=limit,
+                pending=pending,
+            )
 
 
 def request_hash(sub: TaskSubmit) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,12 +16,11 @@ from taskplane.errors import (
     NotFoundError,
     PayloadTooLargeError,
     UnavailableError,
-    UnschedulableError,
 )
 from taskplane.services.engine import Engine
 from taskplane.services.ids import new_task_id
 from taskplane.services.ports import Clock, Executor, LogStream, NewTask, SupportsLogs, TaskEvent, TaskFilter, TaskStore
-from taskplane.services.specs import SpecLimits, build_spec, request_hash
+from taskplane.services.specs import SpecLimits, build_spec, check_pending_limits, request_hash, resolve_access
 from taskplane.services.views import event_out, resources_out, task_out
 from taskplane.wire import (
     BatchSubmit,
@@ -59,6 +59,7 @@ class TaskService:
         self._executor = executor
         self._clock = clock
         self._config = config
+        self._in_flight: Counter[str] = Counter()  # tasks per tenant being committed (pending limit)
 
     # --------------------------------------------------------------------------------------- submit
 
@@ -78,14 +79,9 @@ class TaskService:
                     code="image_not_supported",
                     field="image",
                 )
-            node, _, _ = self._engine.capacity()
-            if not spec.resources.fits_in(node.total):
-                raise UnschedulableError(
-                    f"the task requests {spec.resources.describe()} but the largest node ({node.node}) has "
-                    f"{node.total.describe()}; it could never run",
-                    resource=",".join(spec.resources.shortfall(node.total)),
-                )
-        except (InvalidRequestError, PayloadTooLargeError) as exc:
+            # A request larger than every node is accepted: the scheduler parks it with reason never_fits.
+            spec = resolve_access(spec, sub.pool, self._engine)
+        except (InvalidRequestError, NotFoundError) as exc:
             if index is not None:
                 exc.detail = f"tasks[{index}]: {exc.detail}"
                 exc.args = (exc.detail,)
@@ -102,11 +98,18 @@ class TaskService:
         return NewTask(task, request_hash(sub) if key is not None else None)
 
     async def _create(self, new: Sequence[NewTask], now: datetime) -> list[tuple[Task, bool]]:
+        adding = Counter(n.task.spec.tenant for n in new)
+        check_pending_limits(adding, self._engine, self._in_flight)
         events = [TaskEvent(n.task.id, now, "created", None, TaskState.PENDING, None, {}) for n in new]
-        created = await self._store.create_tasks(new, events)
-        fresh = [c.task for c in created if c.created]
-        if fresh:
-            self._engine.submitted(fresh)
+        # Counted until the engine holds them, so concurrent requests cannot all pass the limit at once.
+        self._in_flight.update(adding)
+        try:
+            created = await self._store.create_tasks(new, events)
+            fresh = [c.task for c in created if c.created]
+            if fresh:
+                self._engine.submitted(fresh)
+        finally:
+            self._in_flight.subtract(adding)
         return [(c.task, c.created) for c in created]
 
     async def submit(self, sub: TaskSubmit, idempotency_key: str | None = None) -> tuple[TaskOut, bool]:
@@ -143,7 +146,7 @@ class TaskService:
         view = self._engine.view(task_id) if task.state is TaskState.PENDING else None
         if view is None:
             return task_out(task, attempts)
-        return task_out(task, attempts, reason=view.reason, queue_position=view.queue_position)
+        return task_out(task, attempts, reason=view.reason, queue_position=view.queue_position, eta=view.eta)
 
     async def list_tasks(
         self,
@@ -179,7 +182,7 @@ class TaskService:
         items = []
         for task in page.items:
             view = self._engine.view(task.id, position=False) if not task.state.terminal else None
-            items.append(task_out(task) if view is None else task_out(task, reason=view.reason))
+            items.append(task_out(task) if view is None else task_out(task, reason=view.reason, eta=view.eta))
         return TaskList(items=items, next_cursor=page.next_cursor)
 
     async def events(self, task_id: str) -> list[EventOut]:

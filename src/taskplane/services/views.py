@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from taskplane.domain.quantities import format_bytes, format_millicpu
+from taskplane.domain.reservation import Reservation
 from taskplane.domain.resources import Resources
 from taskplane.domain.task import Attempt, PendingReason, Task
+from taskplane.domain.tenant import Tenant
 from taskplane.services.ports import TaskEvent
-from taskplane.wire import AttemptOut, EventOut, PendingReasonOut, ResourcesOut, TaskOut
+from taskplane.wire import (
+    AttemptOut,
+    EventOut,
+    PendingReasonOut,
+    PriorityRangeOut,
+    QuotaOut,
+    ReservationOut,
+    ResourcesOut,
+    TaskOut,
+    TenantOut,
+    TenantStatusOut,
+)
 
 
 def resources_out(res: Resources) -> ResourcesOut:
@@ -17,6 +32,7 @@ def resources_out(res: Resources) -> ResourcesOut:
         gpu=res.gpu,
         millicpu=res.millicpu,
         memory_bytes=res.memory,
+        extended=dict(res.extended),
     )
 
 
@@ -66,6 +82,7 @@ def task_out(
     *,
     reason: PendingReason | None = None,
     queue_position: int | None = None,
+    eta: datetime | None = None,
 ) -> TaskOut:
     """The wire form of a task; ``reason`` overrides the stored pending reason with a live one."""
     spec = task.spec
@@ -104,6 +121,58 @@ def task_out(
         message=task.message,
         pending_reason=reason_out(reason or task.pending_reason) if not task.state.terminal else None,
         queue_position=queue_position,
+        eta=eta,
+        pool=spec.pool,
+        node_selector=dict(spec.node_selector),
+        reservation=spec.reservation,
+        simulated_duration=spec.simulated_duration,
         cancel_requested=task.cancel_requested,
         attempts=None if attempts is None else [attempt_out(a) for a in attempts],
+    )
+
+
+def tenant_out(tenant: Tenant, *, implicit: bool = False, status: TenantStatusOut | None = None) -> TenantOut:
+    """The wire form of a tenant; ``implicit`` for the ``default`` tenant while it is not stored."""
+    quota = tenant.quota
+    return TenantOut(
+        name=tenant.name,
+        quota=QuotaOut(
+            cpu=None if quota.millicpu is None else format_millicpu(quota.millicpu),
+            memory=None if quota.memory is None else format_bytes(quota.memory),
+            gpu=quota.gpu,
+            millicpu=quota.millicpu,
+            memory_bytes=quota.memory,
+            max_running=quota.max_running,
+            max_pending=quota.max_pending,
+        ),
+        weight=tenant.weight,
+        pools=None if tenant.pools is None else list(tenant.pools),
+        priority_range=PriorityRangeOut(min=tenant.priority_min, max=tenant.priority_max),
+        borrowing=tenant.borrowing,
+        implicit=implicit,
+        created_at=tenant.created_at,
+        updated_at=tenant.updated_at,
+        status=status,
+    )
+
+
+def reservation_out(r: Reservation) -> ReservationOut:
+    """The wire form of a reservation."""
+    return ReservationOut(
+        id=r.id,
+        tenant=r.tenant,
+        pool=r.pool,
+        state=r.state.value,
+        resources=resources_out(r.resources),
+        count=r.count,
+        total=resources_out(r.total),
+        priority=r.priority,
+        nodes=list(r.nodes),
+        duration=r.duration,
+        expires_at=r.expires_at,
+        created_at=r.created_at,
+        updated_at=r.updated_at,
+        activated_at=r.activated_at,
+        ended_at=r.ended_at,
+        message=r.message,
     )

@@ -27,6 +27,9 @@ class ResourcesIn(BaseModel):
     cpu: Quantity | None = Field(default=None, description="cores: 2, 0.5, or '500m'")
     memory: Quantity | None = Field(default=None, description="bytes, or '256Mi', '1G'")
     gpu: StrictInt | None = Field(default=None, ge=0)
+    extended: dict[StrictStr, StrictInt] | None = Field(
+        default=None, description="extended resources by name, e.g. {'example.com/fpga': 1}"
+    )
 
 
 class TimeoutsIn(BaseModel):
@@ -73,6 +76,10 @@ class TaskSubmit(BaseModel):
     timeouts: TimeoutsIn | None = None
     retry: RetryIn | None = None
     idempotency_key: StrictStr | None = Field(default=None, min_length=1, max_length=256)
+    pool: StrictStr | None = Field(default=None, description="default: the tenant's first allowed pool")
+    node_selector: dict[StrictStr, StrictStr] = Field(default_factory=dict, description="node labels required")
+    reservation: StrictStr | None = Field(default=None, description="run inside this reservation")
+    simulated_duration: Duration | None = Field(default=None, description="run time on the simulated executor")
 
 
 class BatchSubmit(BaseModel):
@@ -93,6 +100,7 @@ class ResourcesOut(BaseModel):
     gpu: int
     millicpu: int
     memory_bytes: int
+    extended: dict[str, int] = Field(default_factory=dict)
 
 
 class PendingReasonOut(BaseModel):
@@ -171,6 +179,11 @@ class TaskOut(BaseModel):
     message: str | None = None
     pending_reason: PendingReasonOut | None = None
     queue_position: int | None = None
+    eta: datetime | None = None
+    pool: str = "default"
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    reservation: str | None = None
+    simulated_duration: float | None = None
     cancel_requested: bool = False
     attempts: list[AttemptOut] | None = None
 

@@ -18,6 +18,7 @@ from taskplane.wire import TaskList, TaskOut
 
 _SPEC = "Task spec"
 _POLICY = "Timeouts and retries"
+_PLACE = "Placement"
 
 
 def submit(
@@ -59,6 +60,24 @@ def submit(
         str | None, typer.Option(help="Container image (podman and Kubernetes executors).", rich_help_panel=_SPEC)
     ] = None,
     shell: Annotated[bool, typer.Option("--shell", help="Run COMMAND through sh -c.", rich_help_panel=_SPEC)] = False,
+    extended: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--extended", help="Extended resource NAME=N (example.com/fpga=1), repeatable.", rich_help_panel=_PLACE
+        ),
+    ] = None,
+    pool: Annotated[
+        str | None, typer.Option(help="Pool to run in (default: the tenant's first pool).", rich_help_panel=_PLACE)
+    ] = None,
+    selector: Annotated[
+        list[str] | None, typer.Option("--selector", help="Node label KEY=VALUE, repeatable.", rich_help_panel=_PLACE)
+    ] = None,
+    reservation: Annotated[
+        str | None, typer.Option(help="Run inside this reservation (its pool).", rich_help_panel=_PLACE)
+    ] = None,
+    simulated_duration: Annotated[
+        str | None, typer.Option(help="Run time on the simulated executor: 30s, 5m.", rich_help_panel=_PLACE)
+    ] = None,
     idempotency_key: Annotated[str | None, typer.Option(help="Submitting twice with one key creates one task.")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the task to end and exit with its exit code.")] = False,
     as_json: JsonFlag = False,
@@ -91,6 +110,11 @@ def submit(
         name=name,
         workdir=workdir,
         image=image,
+        pool=pool,
+        selector=selector or [],
+        reservation=reservation,
+        extended=extended or [],
+        simulated_duration=simulated_duration,
     )
     task = build_task(flags)
     with options.client() as tp:
