@@ -36,7 +36,7 @@ from taskplane.domain.lifecycle import check_transition
 from taskplane.domain.outcome import AttemptOutcome, StopReason, classify, describe, next_step
 from taskplane.domain.pool import Pool
 from taskplane.domain.reservation import Reservation, ReservationState
-from taskplane.domain.resources import ZERO, Resources
+from taskplane.domain.resources import Resources
 from taskplane.domain.task import (
     Attempt,
     AttemptState,
@@ -64,7 +64,6 @@ from taskplane.services.ports import (
     ExecutorEvent,
     Exited,
     Launch,
-    NodeCapacity,
     Started,
     TaskEvent,
     TaskStore,
@@ -442,14 +441,6 @@ class Engine:
     def _tasks_key(self, task_id: str) -> QueueKey | None:
         task = self._tasks.get(task_id)
         return None if task is None else self._queue_key(task)
-
-    def capacity(self) -> tuple[NodeCapacity, Resources, int]:
-        """The first pool's first node: its capacity, what is allocated on it, and how many tasks it runs."""
-        node = self._executor.capacity()
-        usage = next((n for p in self._ledger.pool_usage() for n in p.nodes if n.node == node.node), None)
-        if usage is None:
-            return node, ZERO, 0
-        return node, usage.allocated + usage.reserved, usage.tasks
 
     def counts(self) -> dict[str, int]:
         """Live tasks by state (for metrics and capacity)."""

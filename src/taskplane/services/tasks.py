@@ -265,30 +265,39 @@ class TaskService:
     # ------------------------------------------------------------------------------------- capacity
 
     def capacity(self) -> CapacityOut:
-        """This platform's nodes: total, allocated and free resources."""
-        node, allocated, live = self._engine.capacity()
-        free = Resources(
-            max(0, node.total.millicpu - allocated.millicpu),
-            max(0, node.total.memory - allocated.memory),
-            max(0, node.total.gpu - allocated.gpu),
-        )
+        """Every node of every pool: total, allocated (tasks and reservations) and free resources."""
+        nodes: list[NodeCapacityOut] = []
+        total = allocated = free = Resources()
+        live = 0
+        for pool in self._engine.pools():
+            executor = self._engine.executor_of(pool.name)
+            caps = {c.node: c for c in executor.nodes()} if executor is not None else {}
+            for usage in pool.nodes:
+                cap = caps.get(usage.node)
+                held = usage.allocated + usage.reserved
+                room = usage.total - held
+                room = Resources(max(0, room.millicpu), max(0, room.memory), max(0, room.gpu))
+                nodes.append(
+                    NodeCapacityOut(
+                        node=usage.node,
+                        executor=pool.executor,
+                        total=resources_out(usage.total),
+                        allocated=resources_out(held),
+                        free=resources_out(room),
+                        running_tasks=usage.tasks,
+                        max_tasks=usage.max_tasks,
+                        cgroups=cap.cgroups if cap is not None else "none",
+                        warnings=list(cap.warnings) if cap is not None else [],
+                    )
+                )
+                total, allocated, free = total + usage.total, allocated + held, free + room
+                live += usage.tasks
         counts = self._engine.counts()
-        node_out = NodeCapacityOut(
-            node=node.node,
-            executor=self._executor.name,
-            total=resources_out(node.total),
+        return CapacityOut(
+            nodes=nodes,
+            total=resources_out(total),
             allocated=resources_out(allocated),
             free=resources_out(free),
-            running_tasks=live,
-            max_tasks=node.max_tasks,
-            cgroups=node.cgroups,
-            warnings=list(node.warnings),
-        )
-        return CapacityOut(
-            nodes=[node_out],
-            total=node_out.total,
-            allocated=node_out.allocated,
-            free=node_out.free,
             pending_tasks=counts.get(TaskState.PENDING.value, 0),
             running_tasks=live,
         )
