@@ -5,8 +5,10 @@ r"""One scheduling cycle, readable top to bottom (after Kueue's ``schedule()`` a
                  \                          /
                   +------> schedule() <----+
                                |
-    1. order   the queues' heads in a heap: priority (high first), then weighted dominant-resource share of
-               the tenant (low first, recomputed as the cycle places work), then arrival order
+    1. order   the queues' heads in a heap: heads within their tenant's quota before heads that would borrow
+               (borrowed room is reclaimable, so it never goes first), then priority (high first), then weighted
+               dominant-resource share of the tenant (low first, recomputed as the cycle places work), then
+               arrival order
     2. admit   tenant limits: max_running, then the nominal quota; beyond it only by borrowing idle capacity
                (``Placement.borrowed``), which a tenant under its own quota may reclaim by preemption
     3. place   feasibility (pool, selector, resources, task limit, the blocked head's shadow node), then score:
@@ -156,6 +158,13 @@ class _Cycle:
             return 0.0
         return _dominant_share(state.usage, self.totals, state.view.weight)
 
+    def borrows(self, cand: Candidate) -> bool:
+        """True when placing ``cand`` now would take its (borrowing) tenant beyond its nominal quota."""
+        state = self.tenants.get(cand.tenant)
+        if state is None or not state.view.borrowing or cand.count or cand.reservation is not None:
+            return False
+        return state.view.quota.exceeded_by(state.usage + cand.resources) is not None
+
     # ----------------------------------------------------------------------------------- node index
 
     def _take(self, pool: _Pool, node: _Node, request: Resources, *, task: bool = True) -> None:
@@ -226,7 +235,7 @@ class _Cycle:
             return PendingReason("no_capacity", f"no node of pool {pool.name} has room", resource="tasks")
         short = cand.resources.shortfall(best.free)
         if not short:
-            if best.view.name == pool.shadow:
+            if best.view.name == pool.shadow and best.tasks < best.view.max_tasks:
                 return PendingReason(
                     "backfill_blocked",
                     f"node {best.view.name} is held for a blocked higher-priority task; "
@@ -325,12 +334,12 @@ class _Cycle:
             self._take(pool, node, cand.resources, task=False)
             taken.append(node)
         if len(taken) < cand.count:
+            reason = self.capacity_reason(pool, cand)
             for node in taken:
                 self._give_back(pool, node, cand.resources, task=False)
             if not self.can_ever_fit(pool, cand):
                 self.park(cand, _never_fits(pool.name, cand))
                 return False
-            reason = self.capacity_reason(pool, cand)
             self.block(
                 cand,
                 PendingReason(
@@ -367,7 +376,7 @@ class _Cycle:
         if len(candidates) < _PREEMPTION_NODES:
             seen = {n.view.name for n in candidates}
             candidates += [n for n in pool.nodes if n.view.name not in seen][: _PREEMPTION_NODES - len(candidates)]
-        best: tuple[tuple[int, int], _Node, list[RunningView], str] | None = None
+        best: tuple[tuple[int, int], _Node, list[tuple[RunningView, str]]] | None = None
         for node in candidates:
             if not cand.resources.fits_in(node.view.total):
                 continue
@@ -378,7 +387,7 @@ class _Cycle:
             stopping = Resources()
             stopping_count = 0
             for run in running:
-                if run.terminating or run.task_id in self.victims:
+                if (run.terminating or run.task_id in self.victims) and run.reservation is None:
                     stopping = stopping + run.resources
                     stopping_count += 1
             if stopping_count and cand.resources.fits_in(node.free + stopping):
@@ -392,7 +401,8 @@ class _Cycle:
             for run in running:
                 if run.terminating or run.reservation is not None or run.task_id in self.victims:
                     continue
-                if run.priority < cand.priority:
+                mine_or_borrowed = run.tenant == cand.tenant or run.tenant in borrowers
+                if run.priority < cand.priority and (within_quota or mine_or_borrowed):
                     eligible.append(
                         (0 if run.tenant in borrowers else 1, run.priority, -run.started_at, run, "priority")
                     )
@@ -402,26 +412,36 @@ class _Cycle:
                 continue
             eligible.sort(key=lambda e: (e[0], e[1], e[2]))
             free = node.free + stopping
-            chosen: list[RunningView] = []
-            kind = "priority"
+            chosen: list[tuple[RunningView, str]] = []
+            taken: dict[str, Resources] = {}
             for _, _, _, run, why in eligible:
                 if cand.resources.fits_in(free) and node.tasks - len(chosen) < node.view.max_tasks:
                     break
+                if run.tenant in borrowers and (why == "reclaim" or not within_quota):
+                    owner = self.tenants[run.tenant]
+                    if owner.view.quota.exceeded_by(owner.usage - taken.get(run.tenant, Resources())) is None:
+                        continue  # only the room it borrowed
+                    taken[run.tenant] = taken.get(run.tenant, Resources()) + run.resources
                 free = free + run.resources
-                chosen.append(run)
-                kind = why if why == "reclaim" else kind
+                chosen.append((run, why))
+            for pick in reversed(chosen[:]):  # spare the victims the head fits without
+                rest = free - pick[0].resources
+                if cand.resources.fits_in(rest) and node.tasks - len(chosen) + 1 < node.view.max_tasks:
+                    free = rest
+                    chosen.remove(pick)
             if not cand.resources.fits_in(free) or node.tasks - len(chosen) >= node.view.max_tasks:
                 continue
-            score = (len(chosen), sum(r.priority for r in chosen))
+            score = (len(chosen), sum(r.priority for r, _ in chosen))
             if best is None or score < best[0]:
-                best = (score, node, chosen, kind)
+                best = (score, node, chosen)
         if best is None:
             return None
-        _, node, chosen, kind = best
+        _, node, chosen = best
         self.preempting += 1
-        for run in chosen:
+        for run, why in chosen:
             self.victims.add(run.task_id)
-            self.plan.preemptions.append(Preemption(run.task_id, cand.id, node.view.name, kind))
+            self.plan.preemptions.append(Preemption(run.task_id, cand.id, node.view.name, why))
+        kind = "reclaim" if any(why == "reclaim" for _, why in chosen) else "priority"
         pool.shadow, pool.shadow_until = node.view.name, None
         return PendingReason(
             "preempting", f"preempting {len(chosen)} task(s) ({kind}) on {node.view.name} to make room"
@@ -441,9 +461,12 @@ class _Cycle:
                 continue
             fallback = fallback or node
             ends = sorted(
-                (run.expected_end, run.resources)
-                for run in self.running_on.get(node.view.name, ())
-                if run.expected_end is not None
+                (
+                    (run.expected_end, run.resources)
+                    for run in self.running_on.get(node.view.name, ())
+                    if run.expected_end is not None
+                ),
+                key=lambda end: end[0],
             )
             free = node.free
             for end, res in ends:
@@ -467,6 +490,8 @@ class _Cycle:
         if pool is None:
             self.park(cand, PendingReason("pool_not_found", f"pool {cand.pool} is not configured"))
             return True
+        if cand.reservation is not None:
+            return self.place_in_reservation(cand)
         if pool.closed:
             return False
         if not pool.nodes:
@@ -475,8 +500,6 @@ class _Cycle:
         if cand.count:
             ok = self.admit_gang(pool, cand)
             return ok or cand.id in self.plan.parked
-        if cand.reservation is not None:
-            return self.place_in_reservation(cand)
         ok, reason, borrowed = self.admit(cand, cand.resources)
         if not ok:
             assert reason is not None
@@ -505,10 +528,10 @@ class _Cycle:
             del pool.failed[:-_FAILED_MEMORY]
         waiting = self.try_preempt(pool, cand) if pool.shadow is None else None
         if waiting is None:
+            waiting = self.capacity_reason(pool, cand)
             eta = self.hold_shadow(pool, cand)
             if eta is not None:
                 self.plan.eta[cand.id] = eta
-            waiting = self.capacity_reason(pool, cand)
         self.block(cand, waiting)
         pool.blocked += 1
         if not self.policy.backfill or pool.blocked >= self.policy.max_blocked_per_pool:
@@ -547,14 +570,14 @@ def schedule(
     cycle = _Cycle(snapshot, policy, now)
     heads: list[Iterator[Candidate]] = []
     current: list[Candidate] = []
-    heap: list[tuple[int, float, int, int]] = []
+    heap: list[tuple[bool, int, float, int, int]] = []
 
     def advance(index: int) -> None:
         nxt = next(heads[index], None)
         if nxt is None:
             return
         current[index] = nxt
-        heapq.heappush(heap, (-nxt.priority, cycle.share(nxt.tenant), nxt.seq, index))
+        heapq.heappush(heap, (cycle.borrows(nxt), -nxt.priority, cycle.share(nxt.tenant), nxt.seq, index))
 
     for queue in pending:
         it = iter(queue)
@@ -563,15 +586,17 @@ def schedule(
             continue
         heads.append(it)
         current.append(first)
-        heapq.heappush(heap, (-first.priority, cycle.share(first.tenant), first.seq, len(heads) - 1))
+        heapq.heappush(
+            heap, (cycle.borrows(first), -first.priority, cycle.share(first.tenant), first.seq, len(heads) - 1)
+        )
 
     plan = cycle.plan
     while heap and len(plan.placements) < policy.max_placements:
-        negative, share, seq, index = heapq.heappop(heap)
+        borrows, negative, share, seq, index = heapq.heappop(heap)
         cand = current[index]
-        fresh = cycle.share(cand.tenant)
-        if fresh != share:  # the tenant got work since this entry was pushed: re-rank it
-            heapq.heappush(heap, (negative, fresh, seq, index))
+        fresh, fresh_borrows = cycle.share(cand.tenant), cycle.borrows(cand)
+        if fresh != share or fresh_borrows != borrows:  # the tenant got work since this entry was pushed: re-rank
+            heapq.heappush(heap, (fresh_borrows, negative, fresh, seq, index))
             continue
         plan.examined += 1
         if cycle.consider(cand):
