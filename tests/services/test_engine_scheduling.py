@@ -276,4 +276,3 @@ async def test_backfill_eta_from_run_timeouts(harness: Harness) -> None:
     assert view is not None and view.eta is not None
     expected = datetime.now(UTC) + timedelta(seconds=600)
     assert abs((view.eta - expected).total_seconds()) < 5
-
