@@ -184,12 +184,16 @@ def check_fits(pool: Pool, slot: Resources, count: int) -> None:
 
 
 def check_quota(tenant: Tenant, total: Resources) -> None:
-    """422 ``exceeds_quota`` when a tenant that may not borrow asks to hold more than its nominal quota."""
-    over = None if tenant.borrowing else tenant.quota.exceeded_by(total)
+    """422 ``exceeds_quota`` when a reservation would hold more than its tenant's nominal quota.
+
+    Reservations are guarantees, so they never borrow (borrowed room can be reclaimed): one larger than the
+    quota could never be admitted.
+    """
+    over = tenant.quota.exceeded_by(total)
     if over is not None:
         raise InvalidRequestError(
             f"the reservation holds {total.describe()}, over tenant {tenant.name}'s {over} quota "
-            "(the tenant may not borrow beyond it)",
+            "(reservations never borrow beyond it)",
             code="exceeds_quota",
             field="resources",
             resource=over,
