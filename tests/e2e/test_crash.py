@@ -25,11 +25,11 @@ def test_kill9_restart_adopts_running_and_runs_pending(tmp_path, backend_url):
     with running_server(data, backend_url, **settings) as server, server.client() as client:
         # 10 exit while the server is down (exit 40+i), 40 exit after the restart (exit i % 5).
         early = [
-            {"command": ["sh", "-c", f"sleep 1.5; exit {40 + i}"], "resources": {"cpu": 1}, "labels": {"g": "early"}}
+            {"command": ["sh", "-c", f"sleep 4; exit {40 + i}"], "resources": {"cpu": 1}, "labels": {"g": "early"}}
             for i in range(10)
         ]
         late = [
-            {"command": ["sh", "-c", f"sleep 6; exit {i % 5}"], "resources": {"cpu": 1}, "labels": {"g": "late"}}
+            {"command": ["sh", "-c", f"sleep 9; exit {i % 5}"], "resources": {"cpu": 1}, "labels": {"g": "late"}}
             for i in range(RUNNING - 10)
         ]
         first = client.post("/platform/tasks/batch", json={"tasks": early + late}).json()["tasks"]
@@ -46,7 +46,7 @@ def test_kill9_restart_adopts_running_and_runs_pending(tmp_path, backend_url):
         assert client.get(f"/platform/tasks/{pending_ids[0]}").json()["state"] == "pending"
 
         server.kill9()
-        time.sleep(2.5)  # the early ten exit while nobody listens
+        time.sleep(4.5)  # the early ten exit while nobody listens
         server.start()
 
         for task_id in running_ids + pending_ids:

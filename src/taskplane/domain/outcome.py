@@ -119,7 +119,7 @@ def next_step(
     elif failure is FailureClass.INFRA and infra_budget:
         retry = retryable and failure in policy.retry_on and task.infra_failures + 1 < policy.max_infra_attempts
     else:
-        user_attempts = task.attempts - task.infra_failures
+        user_attempts = task.attempts - task.infra_failures - task.skipped_attempts
         retry = retryable and failure in policy.retry_on and user_attempts < policy.max_attempts
     if not retry:
         return NextStep(final, failure, counts_as_infra=is_infra)

@@ -156,6 +156,7 @@ class Task:
     idempotency_key: str | None = None
     attempts: int = 0  # the number of the latest attempt (0 = never started)
     infra_failures: int = 0
+    skipped_attempts: int = 0  # numbers used up by launches that never ran (taken back from a node's queue)
     not_before: datetime | None = None  # backoff: do not start before this time
     pending_reason: PendingReason | None = None
     failure_class: FailureClass | None = None

@@ -801,8 +801,29 @@ class Engine:
         if task is not None and task.state is TaskState.PENDING:
             self._ready(task)
 
+    def _orphaned(self, task: Task, now: datetime) -> bool:
+        """A pending task of a reservation that has ended can never run: cancel it. True if it was one."""
+        rid = task.spec.reservation
+        if rid is None or rid in self._reservations:
+            return False
+        self._queues.discard(task.id)
+        self._parked.pop(task.id, None)
+        self._move(
+            task,
+            TaskState.CANCELLED,
+            now,
+            failure_class=FailureClass.CANCELLED,
+            message=f"reservation {rid} ended before the task could run (again)",
+            finished_at=now,
+            pending_reason=None,
+        )
+        self._batch.finished.append(task.id)
+        return True
+
     def _enqueue(self, task: Task) -> None:
         now = self._clock.now()
+        if self._orphaned(task, now):
+            return
         if task.not_before is not None and task.not_before > now:
             self._timers.add(_epoch(task.not_before), "backoff", task.id)
         else:
@@ -843,8 +864,16 @@ class Engine:
         self._queues.discard(task.id)
         self._parked.pop(task.id, None)
         self._reasons.pop(task.id, None)
+        skipped = task.skipped_attempts + max(0, number - task.attempts - 1)  # numbers of launches that never ran
         task = self._move(
-            task, TaskState.ADMITTED, now, attempts=number, pending_reason=None, not_before=None, data={"node": node}
+            task,
+            TaskState.ADMITTED,
+            now,
+            attempts=number,
+            skipped_attempts=skipped,
+            pending_reason=None,
+            not_before=None,
+            data={"node": node},
         )
         task = self._move(task, TaskState.STARTING, now, data={"node": node, **data})
         self._ledger.charge(task, node, started_at=now.timestamp())
@@ -878,9 +907,12 @@ class Engine:
         task = self._tasks.get(ev.task_id)
         if key not in self._attempts and key not in self._handoff and self._adopt(ev.task_id, ev.attempt, ev.at):
             task = self._tasks.get(ev.task_id)
-        if self._take_back(key) and task is not None and task.state is TaskState.PENDING:
-            # The node started it from its queue: only now does the task leave pending.
-            task = self._begin_attempt(task, ev.attempt, self._node_name(task), ev.at, from_node_queue=True)
+        if self._take_back(key):
+            if task is not None and task.state is TaskState.PENDING:
+                # The node started it from its queue: only now does the task leave pending.
+                task = self._begin_attempt(task, ev.attempt, self._node_name(task), ev.at, from_node_queue=True)
+            else:
+                self._drop_queued_hold(ev.task_id)  # cancelled or timed out while queued; its stop is on the way
         att = self._attempts.get(key)
         if att is None or task is None or task.attempts != ev.attempt:
             if att is None and (task is None or task.attempts != ev.attempt):
@@ -1041,7 +1073,8 @@ class Engine:
             return
         if kind == "backoff":
             if task.state is TaskState.PENDING and task.not_before is not None and task.not_before <= now:
-                self._ready(task)
+                if not self._orphaned(task, now):
+                    self._ready(task)
             return
         pending = task.state is TaskState.PENDING
         if kind == "queue_timeout" and pending and task.attempts == 0:

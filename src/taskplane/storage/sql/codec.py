@@ -51,6 +51,7 @@ TASK_FIELDS: tuple[str, ...] = (
     "updated_at",
     "started_at",
     "finished_at",
+    "skipped_attempts",
 )
 """Columns of ``tasks`` that ``task_from_row`` reads, in this order."""
 
@@ -297,6 +298,7 @@ def task_insert_row(task: Task, seq: int, request_hash: str | None) -> dict[str,
         "spec": spec_to_json(spec),
         "attempts": task.attempts,
         "infra_failures": task.infra_failures,
+        "skipped_attempts": task.skipped_attempts,
         "not_before": task.not_before,
         "pending_reason": reason_to_json(task.pending_reason),
         "failure_class": None if task.failure_class is None else task.failure_class.value,
@@ -329,6 +331,7 @@ def task_update_params(task: Task) -> dict[str, Any]:
         "state": task.state.value,
         "attempts": task.attempts,
         "infra_failures": task.infra_failures,
+        "skipped_attempts": task.skipped_attempts,
         "not_before": task.not_before,
         "pending_reason": reason_to_json(task.pending_reason),
         "failure_class": None if task.failure_class is None else task.failure_class.value,
@@ -362,6 +365,7 @@ def task_from_row(row: Sequence[Any]) -> Task:
         updated_at=row[14],
         started_at=row[15],
         finished_at=row[16],
+        skipped_attempts=row[17],
     )
 
 

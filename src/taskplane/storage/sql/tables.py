@@ -90,6 +90,7 @@ tasks = Table(
     Column("spec", Text, nullable=False),
     Column("attempts", Integer, nullable=False),
     Column("infra_failures", Integer, nullable=False),
+    Column("skipped_attempts", Integer, nullable=False, server_default="0"),
     Column("not_before", UtcMicros, nullable=True),
     Column("pending_reason", Text, nullable=True),
     Column("failure_class", String(16), nullable=True),

@@ -49,6 +49,11 @@ def upgrade() -> None:
     op.add_column("tasks", sa.Column("pool", sa.String(), nullable=False, server_default=sa.text("'default'")))
     for name in _RESOURCES:
         op.add_column("tasks", sa.Column(name, sa.BigInteger(), nullable=False, server_default=sa.text("0")))
+    # Attempt numbers a task skipped (a launch taken back from a node's queue uses up its number): they are not
+    # runs, so they must not count against the user's max_attempts.
+    op.add_column(
+        "tasks", sa.Column("skipped_attempts", sa.Integer(), nullable=False, server_default=sa.text("0"))
+    )
     op.execute(sa.text(_BACKFILL[op.get_bind().dialect.name]))
     op.create_index("ix_tasks_tenant_pool_seq", "tasks", ["tenant", "pool", "seq"])
     op.create_index("ix_attempts_finished_at", "attempts", ["finished_at"])
@@ -107,5 +112,5 @@ def downgrade() -> None:
     op.drop_index("ix_attempts_finished_at", table_name="attempts")
     op.drop_index("ix_tasks_tenant_pool_seq", table_name="tasks")
     # Plain ALTER TABLE ... DROP COLUMN (SQLite 3.35+): unindexed columns, so no table rebuild and no cascade.
-    for name in ("gpu", "memory", "millicpu", "pool"):
+    for name in ("skipped_attempts", "gpu", "memory", "millicpu", "pool"):
         op.drop_column("tasks", name)
