@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import time
 
 import pytest
 
@@ -246,7 +245,9 @@ def test_submission_refusals_store_nothing(client, name):
     other = f"{name}-other"
     create(client, name=name, pools=["sim"], priority_range={"min": 0, "max": 10})
     create(client, name=other)
-    mine = client.post("/platform/resources/reserve", json={"tenant": name, "resources": {"cpu": 1, "memory": "1Gi"}, "ttl": "1h"})
+    mine = client.post(
+        "/platform/resources/reserve", json={"tenant": name, "resources": {"cpu": 1, "memory": "1Gi"}, "ttl": "1h"}
+    )
     theirs = client.post(
         "/platform/resources/reserve",
         json={"tenant": other, "pool": "sim", "resources": {"cpu": 1, "memory": "1Gi"}, "ttl": "1h"},

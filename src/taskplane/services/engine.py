@@ -1072,9 +1072,9 @@ class Engine:
         if task is None:
             return
         if kind == "backoff":
-            if task.state is TaskState.PENDING and task.not_before is not None and task.not_before <= now:
-                if not self._orphaned(task, now):
-                    self._ready(task)
+            due = task.state is TaskState.PENDING and task.not_before is not None and task.not_before <= now
+            if due and not self._orphaned(task, now):
+                self._ready(task)
             return
         pending = task.state is TaskState.PENDING
         if kind == "queue_timeout" and pending and task.attempts == 0:
