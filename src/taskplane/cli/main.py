@@ -21,7 +21,7 @@ from typer.core import TyperGroup
 
 from taskplane import __version__
 from taskplane.cli import exit_codes, render
-from taskplane.cli.commands import platform, server, tasks, wait
+from taskplane.cli.commands import platform, resources, server, simulate, tasks, tenants, wait
 from taskplane.cli.context import AsyncClientFactory, CliContext, ClientFactory
 from taskplane.errors import TaskplaneError
 from taskplane.sdk import AsyncClient, Client
@@ -127,6 +127,13 @@ def create_app(
     app.command("logs")(tasks.logs)
     app.command("wait")(wait.wait)
     app.command("capacity")(platform.capacity)
+    app.command("resources")(resources.resources)
+    app.command("reserve")(resources.reserve)
+    app.command("release")(resources.release)
+    app.command("reservations")(resources.reservations)
+    app.command("usage")(resources.usage)
+    app.command("simulate")(simulate.simulate)
+    app.add_typer(tenants.app, name="tenants")
     app.command("server")(server.server)
     app.add_typer(server.db_app, name="db")
     return app

@@ -1125,6 +1125,8 @@ class Engine:
         plan = schedule(snapshot, [self._lane(key, queue) for key, queue in queues], self._config.policy, _epoch(now))
         self._apply_plan(plan, now, launches)
         self._queues.compact()
+        if len(plan.placements) >= self._config.policy.max_placements:
+            self._wake.set()  # the cycle stopped at its cap, not for want of room: run another at once
         self.cycles += 1
         self.cycle_seconds += self._clock.monotonic() - began
 

@@ -51,9 +51,7 @@ def upgrade() -> None:
         op.add_column("tasks", sa.Column(name, sa.BigInteger(), nullable=False, server_default=sa.text("0")))
     # Attempt numbers a task skipped (a launch taken back from a node's queue uses up its number): they are not
     # runs, so they must not count against the user's max_attempts.
-    op.add_column(
-        "tasks", sa.Column("skipped_attempts", sa.Integer(), nullable=False, server_default=sa.text("0"))
-    )
+    op.add_column("tasks", sa.Column("skipped_attempts", sa.Integer(), nullable=False, server_default=sa.text("0")))
     op.execute(sa.text(_BACKFILL[op.get_bind().dialect.name]))
     op.create_index("ix_tasks_tenant_pool_seq", "tasks", ["tenant", "pool", "seq"])
     op.create_index("ix_attempts_finished_at", "attempts", ["finished_at"])
