@@ -7,44 +7,15 @@ GPU and an FPGA each in zone a, one 8-core node big-0 in zone b (16 cores).
 from __future__ import annotations
 
 import itertools
-import json
 import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from .conftest import running_server
 from .helpers import assert_problem, submit, wait_done, wait_state
 
-POOLS = [
-    {"name": "default", "executor": "local"},
-    {
-        "name": "sim",
-        "executor": "simulated",
-        "nodes": [
-            {
-                "count": 2,
-                "name_prefix": "gpu",
-                "cpu": 4,
-                "memory": "8Gi",
-                "gpu": 1,
-                "extended": {"example.com/fpga": 1},
-                "labels": {"zone": "a"},
-            },
-            {"count": 1, "name_prefix": "big", "cpu": 8, "memory": "16Gi", "labels": {"zone": "b"}},
-        ],
-    },
-]
 RESERVE = "/platform/resources/reserve"
 _names = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def pooled_server(tmp_path_factory):
-    with running_server(
-        tmp_path_factory.mktemp("resources"), node_cpu="4", node_memory="8Gi", kill_grace="2", pools=json.dumps(POOLS)
-    ) as s:
-        yield s
 
 
 @pytest.fixture

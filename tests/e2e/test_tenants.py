@@ -7,42 +7,13 @@ Every refusal is checked for its status, its problem ``code`` and that nothing c
 from __future__ import annotations
 
 import itertools
-import json
 
 import pytest
 
-from .conftest import running_server
 from .helpers import assert_problem, submit, wait_state
 
-POOLS = [
-    {"name": "default", "executor": "local"},
-    {
-        "name": "sim",
-        "executor": "simulated",
-        "nodes": [
-            {
-                "count": 2,
-                "name_prefix": "gpu",
-                "cpu": 4,
-                "memory": "8Gi",
-                "gpu": 1,
-                "extended": {"example.com/fpga": 1},
-                "labels": {"zone": "a"},
-            },
-            {"count": 1, "name_prefix": "big", "cpu": 8, "memory": "16Gi", "labels": {"zone": "b"}},
-        ],
-    },
-]
 TENANTS = "/platform/admin/tenants"
 _names = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def pooled_server(tmp_path_factory):
-    with running_server(
-        tmp_path_factory.mktemp("tenants"), node_cpu="4", node_memory="8Gi", kill_grace="2", pools=json.dumps(POOLS)
-    ) as s:
-        yield s
 
 
 @pytest.fixture

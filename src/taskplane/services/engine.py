@@ -68,7 +68,7 @@ from taskplane.services.ports import (
     TaskEvent,
     TaskStore,
 )
-from taskplane.services.queue import QueueKey, QueueSet, ReadyQueue, TimerHeap
+from taskplane.services.queue import QueueKey, QueueSet, ReadyQueue, TimerHeap, candidate_of
 
 log = logging.getLogger("taskplane.engine")
 
@@ -1226,20 +1226,7 @@ class Engine:
             return
         tasks = self._tasks
         for item_id in queue:
-            task = tasks[item_id]
-            spec = task.spec
-            selector = tuple(sorted(spec.node_selector.items())) if spec.node_selector else ()
-            yield Candidate(
-                task.id,
-                spec.tenant,
-                spec.pool,
-                spec.priority,
-                task.seq,
-                spec.resources,
-                selector,
-                spec.reservation,
-                spec.timeouts.run,
-            )
+            yield candidate_of(tasks[item_id])
 
     # ---------------------------------------------------------------------------------- reservations
 

@@ -8,6 +8,9 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from taskplane.domain.task import Task
+from taskplane.scheduler import Candidate
+
 
 class ReadyQueue:
     """Pending task ids eligible to run now, in priority (high first) then arrival order.
@@ -170,3 +173,20 @@ class QueueSet:
             queue.compact()
             if not len(queue):
                 del self._queues[key]
+
+
+def candidate_of(task: Task) -> Candidate:
+    """A queued task as the scheduler sees it (built only when a cycle reaches it)."""
+    spec = task.spec
+    selector = tuple(sorted(spec.node_selector.items())) if spec.node_selector else ()
+    return Candidate(
+        task.id,
+        spec.tenant,
+        spec.pool,
+        spec.priority,
+        task.seq,
+        spec.resources,
+        selector,
+        spec.reservation,
+        spec.timeouts.run,
+    )

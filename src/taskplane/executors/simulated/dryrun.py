@@ -48,7 +48,7 @@ from taskplane.domain.tenant import DEFAULT_TENANT, Tenant
 from taskplane.executors.simulated.cluster import SimCluster, SimNode
 from taskplane.scheduler import Candidate, Plan, Policy, schedule
 from taskplane.services.ledger import Ledger
-from taskplane.services.queue import QueueSet, ReadyQueue
+from taskplane.services.queue import QueueSet, ReadyQueue, candidate_of
 
 __all__ = ["CycleResult", "DryRun", "DryRunReport", "ShareSample", "Submission", "TenantReport", "TraceEvent"]
 
@@ -549,20 +549,7 @@ class DryRun:
         """A queue's members as scheduler candidates, made only as the cycle reaches them (``Engine._lane``)."""
         tasks = self._tasks
         for item_id in queue:
-            task = tasks[item_id]
-            spec = task.spec
-            selector = tuple(sorted(spec.node_selector.items())) if spec.node_selector else ()
-            yield Candidate(
-                task.id,
-                spec.tenant,
-                spec.pool,
-                spec.priority,
-                task.seq,
-                spec.resources,
-                selector,
-                spec.reservation,
-                spec.timeouts.run,
-            )
+            yield candidate_of(tasks[item_id])
 
     def _apply(self, plan: Plan) -> tuple[list[tuple[Task, str]], list[tuple[Task, str]]]:
         """Apply a plan as ``Engine._apply_plan`` does: the launches to start and the victims to stop."""
