@@ -9,11 +9,14 @@ errors into these with ``raise ... from exc``; nothing matches on message text.
     |   +-- MalformedRequestError    (400) body is not JSON
     |   +-- PayloadTooLargeError     (413)
     |   +-- UnschedulableError       (422) the request can never fit this platform
-    +-- NotFoundError                (404)
+    +-- UnauthenticatedError         (401) no, bad, expired or revoked credentials
+    +-- ForbiddenError               (403) authenticated, but no role grants the action
+    +-- NotFoundError                (404) missing, or another tenant's (the two look the same)
     +-- ConflictError                (409)
     |   +-- InvalidTransitionError   (409) e.g. cancelling a finished task
     |   +-- IdempotencyConflictError (409) same key, different request
     +-- LimitExceededError           (429) a tenant's hard limit is reached (e.g. ``pending_limit``); retry later
+    |   +-- RateLimitedError         (429) too many requests or failed logins; ``retry_after`` seconds
     +-- UnavailableError             (503) database or executor unreachable
     +-- InternalError                (500) a bug; never raised on purpose for bad input
 """
@@ -68,6 +71,20 @@ class UnschedulableError(InvalidRequestError):
     title = "Task can never be scheduled"
 
 
+class UnauthenticatedError(TaskplaneError):
+    """The request carries no credentials, or ones that are malformed, wrong, expired or revoked."""
+
+    code = "unauthenticated"
+    title = "Authentication required"
+
+
+class ForbiddenError(TaskplaneError):
+    """The caller is known, but none of its roles grants this action here."""
+
+    code = "forbidden"
+    title = "Forbidden"
+
+
 class NotFoundError(TaskplaneError):
     """The object does not exist (or is not visible to the caller)."""
 
@@ -103,6 +120,17 @@ class LimitExceededError(TaskplaneError):
     title = "Limit reached"
 
 
+class RateLimitedError(LimitExceededError):
+    """Too many requests (per tenant) or failed authentications (per principal or address); retry later."""
+
+    code = "rate_limited"
+    title = "Too many requests"
+
+    def __init__(self, detail: str, *, retry_after: float, **extra: Any) -> None:
+        super().__init__(detail, retry_after=max(1, int(retry_after + 0.999)), **extra)
+        self.retry_after = max(1, int(retry_after + 0.999))
+
+
 class UnavailableError(TaskplaneError):
     """A dependency (database, executor) is not reachable right now."""
 
@@ -125,11 +153,14 @@ ERRORS_BY_CODE: dict[str, type[TaskplaneError]] = {
         MalformedRequestError,
         PayloadTooLargeError,
         UnschedulableError,
+        UnauthenticatedError,
+        ForbiddenError,
         NotFoundError,
         ConflictError,
         InvalidTransitionError,
         IdempotencyConflictError,
         LimitExceededError,
+        RateLimitedError,
         UnavailableError,
         InternalError,
     )

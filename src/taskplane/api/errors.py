@@ -13,6 +13,7 @@ from starlette.responses import Response
 
 from taskplane.errors import (
     ConflictError,
+    ForbiddenError,
     IdempotencyConflictError,
     InternalError,
     InvalidRequestError,
@@ -21,7 +22,9 @@ from taskplane.errors import (
     MalformedRequestError,
     NotFoundError,
     PayloadTooLargeError,
+    RateLimitedError,
     TaskplaneError,
+    UnauthenticatedError,
     UnavailableError,
     UnschedulableError,
 )
@@ -36,11 +39,14 @@ STATUS: dict[type[TaskplaneError], int] = {
     MalformedRequestError: 400,
     PayloadTooLargeError: 413,
     UnschedulableError: 422,
+    UnauthenticatedError: 401,
+    ForbiddenError: 403,
     NotFoundError: 404,
     ConflictError: 409,
     InvalidTransitionError: 409,
     IdempotencyConflictError: 409,
     LimitExceededError: 429,
+    RateLimitedError: 429,
     UnavailableError: 503,
     InternalError: 500,
 }
@@ -56,19 +62,31 @@ def status_for(exc: TaskplaneError) -> int:
     return 500
 
 
-def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> Response:
+def problem(
+    status: int, code: str, title: str, detail: str, *, headers: dict[str, str] | None = None, **extra: Any
+) -> Response:
     """An ``application/problem+json`` response."""
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail, "code": code, **extra}
-    return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM_JSON)
+    return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def error_response(exc: TaskplaneError) -> Response:
+    """The problem response of a taskplane error, with ``Retry-After`` / ``WWW-Authenticate`` where they apply."""
+    status = status_for(exc)
+    extra = {k: v for k, v in exc.extra.items() if k not in ("type", "title", "status", "detail", "code", "headers")}
+    headers: dict[str, str] = {}
+    if isinstance(exc, RateLimitedError):
+        headers["Retry-After"] = str(exc.retry_after)
+    elif isinstance(exc, UnauthenticatedError):
+        headers["WWW-Authenticate"] = 'Bearer realm="taskplane"'
+    return problem(status, exc.code, exc.title, exc.detail, headers=headers or None, **extra)
 
 
 def _taskplane_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, TaskplaneError)
-    status = status_for(exc)
-    if status >= 500:
+    if status_for(exc) >= 500:
         log.error("request failed: %s", exc)
-    extra = {k: v for k, v in exc.extra.items() if k not in ("type", "title", "status", "detail", "code")}
-    return problem(status, exc.code, exc.title, exc.detail, **extra)
+    return error_response(exc)
 
 
 def _validation_error(_: Request, exc: Exception) -> Response:

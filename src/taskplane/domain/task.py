@@ -85,6 +85,31 @@ class Timeouts:
 
 
 @dataclass(frozen=True, slots=True)
+class Mount:
+    """A host path mounted into a container (needs the tenant's ``allow_host_mounts``)."""
+
+    source: str
+    target: str
+    read_only: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class HostAccess:
+    """What a container task asks of its host. Empty by default; each field needs the tenant's policy."""
+
+    privileged: bool = False
+    host_network: bool = False
+    host_pid: bool = False
+    network: bool = False
+    mounts: tuple[Mount, ...] = ()
+    read_only_root: bool = False  # restricts, so any tenant may ask for it
+    user: str | None = None  # e.g. "1000:1000"; restricts, so any tenant may ask for it
+
+
+NO_HOST_ACCESS = HostAccess()
+
+
+@dataclass(frozen=True, slots=True)
 class TaskSpec:
     """What a caller asked for. Validated on construction by ``services``; immutable afterwards."""
 
@@ -104,6 +129,8 @@ class TaskSpec:
     node_selector: Mapping[str, str] = field(default_factory=dict)  # node labels the task needs
     reservation: str | None = None  # run inside this reservation's held capacity
     simulated_duration: float | None = None  # on the simulated executor: how long the task "runs"
+    host: HostAccess = NO_HOST_ACCESS  # container options; checked against the tenant's policy at submit
+    owner: str | None = None  # the principal that submitted it (set by the server, never by the caller)
 
     def argv(self) -> tuple[str, ...]:
         """The argv to execute: the command itself, or ``/bin/sh -c`` around it when ``shell`` is set."""

@@ -57,6 +57,39 @@ UNLIMITED = Quota()
 
 
 @dataclass(frozen=True, slots=True)
+class TenantPolicy:
+    """What a tenant's tasks may ask of the host. All off by default (Kubernetes' ``restricted`` standard).
+
+    The container and Kubernetes executors honour these fields; submission refuses a task asking for one its
+    tenant is not allowed (``policy_forbidden``).
+    """
+
+    allow_privileged: bool = False
+    allow_host_network: bool = False
+    allow_host_pid: bool = False
+    allow_host_mounts: bool = False
+    allow_network: bool = False  # containers get no network at all unless this is set
+
+    def refusal(
+        self, privileged: bool, host_network: bool, host_pid: bool, host_mounts: bool, network: bool
+    ) -> str | None:
+        """The first asked-for capability this policy does not allow, or ``None``."""
+        for asked, allowed, what in (
+            (privileged, self.allow_privileged, "privileged"),
+            (host_network, self.allow_host_network, "host_network"),
+            (host_pid, self.allow_host_pid, "host_pid"),
+            (host_mounts, self.allow_host_mounts, "mounts"),
+            (network, self.allow_network, "network"),
+        ):
+            if asked and not allowed:
+                return what
+        return None
+
+
+DEFAULT_POLICY = TenantPolicy()
+
+
+@dataclass(frozen=True, slots=True)
 class Tenant:
     """A tenant record (``/platform/admin/tenants``)."""
 
@@ -67,6 +100,7 @@ class Tenant:
     priority_min: int = PRIORITY_MIN
     priority_max: int = PRIORITY_MAX
     borrowing: bool = True  # may use idle capacity beyond its quota (reclaimable by preemption)
+    policy: TenantPolicy = DEFAULT_POLICY
     created_at: datetime | None = None
     updated_at: datetime | None = None
 

@@ -12,6 +12,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from taskplane.domain.access import ApiKey, RoleBinding, StoredRole
+from taskplane.domain.audit import AuditEntry, AuditRecord, Checkpoint
 from taskplane.domain.outcome import AttemptOutcome
 from taskplane.domain.reservation import Reservation
 from taskplane.domain.resources import Resources
@@ -94,16 +96,21 @@ class ChangeSet:
     attempts: list[Attempt] = field(default_factory=list)  # full new rows of attempts that changed
     events: list[TaskEvent] = field(default_factory=list)
     reservations: list[Reservation] = field(default_factory=list)  # full new rows of reservations that changed
+    audit: list[AuditEntry] = field(default_factory=list)  # records of the requests these changes answer
 
     def __bool__(self) -> bool:
-        return bool(self.tasks or self.new_attempts or self.attempts or self.events or self.reservations)
+        return bool(
+            self.tasks or self.new_attempts or self.attempts or self.events or self.reservations or self.audit
+        )
 
 
 class TaskStore(Protocol):
     """Durable task, attempt and event storage. Every method is one transaction."""
 
-    async def create_tasks(self, new: Sequence[NewTask], events: Sequence[TaskEvent]) -> list[Created]:
-        """Insert tasks (all or nothing) with their events.
+    async def create_tasks(
+        self, new: Sequence[NewTask], events: Sequence[TaskEvent], audit: AuditEntry | None = None
+    ) -> list[Created]:
+        """Insert tasks (all or nothing) with their events, and ``audit`` chained in the same transaction.
 
         A task whose ``(tenant, idempotency_key)`` exists already is not inserted: its stored row is returned
         with ``created=False``, or ``IdempotencyConflictError`` is raised when its request hash differs. The
@@ -172,7 +179,7 @@ class UsageRow:
 
 
 class AdminStore(Protocol):
-    """Tenants and reservations. Every method is one transaction."""
+    """Tenants and reservations. Every method is one transaction; ``audit``, when given, is chained in it."""
 
     async def list_tenants(self) -> list[Tenant]:
         """Every stored tenant, by name. The implicit ``default`` tenant is listed only once stored."""
@@ -182,22 +189,24 @@ class AdminStore(Protocol):
         """One tenant, or ``None``."""
         ...
 
-    async def create_tenant(self, tenant: Tenant) -> Tenant:
+    async def create_tenant(self, tenant: Tenant, audit: AuditEntry | None = None) -> Tenant:
         """Insert; ``ConflictError`` (code ``tenant_exists``) when the name is taken."""
         ...
 
-    async def update_tenant(self, tenant: Tenant) -> Tenant:
+    async def update_tenant(self, tenant: Tenant, audit: AuditEntry | None = None) -> Tenant:
         """Replace the stored row by name; ``NotFoundError`` (code ``tenant_not_found``) when missing."""
         ...
 
-    async def delete_tenant(self, name: str) -> None:
+    async def delete_tenant(self, name: str, audit: AuditEntry | None = None) -> None:
         """Delete; ``ConflictError`` (code ``tenant_not_empty``) when it has a non-terminal task or reservation.
 
         The check and the delete are one transaction. ``NotFoundError`` (``tenant_not_found``) when missing.
         """
         ...
 
-    async def create_reservation(self, reservation: Reservation) -> Reservation:
+    async def create_reservation(
+        self, reservation: Reservation, audit: AuditEntry | None = None
+    ) -> Reservation:
         """Insert a new reservation; the returned row carries its ``seq``."""
         ...
 
@@ -211,6 +220,100 @@ class AdminStore(Protocol):
 
     async def usage(self, start: datetime, end: datetime) -> list[UsageRow]:
         """Per tenant and pool, what attempts overlapping ``[start, end)`` requested and used."""
+        ...
+
+
+# ------------------------------------------------------------------------------------------ security
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    """Which audit records to list: every given field must match (``tenants``: any of them)."""
+
+    tenants: frozenset[str] | None = None  # None: every tenant and the platform-level records
+    principal: str | None = None
+    action: str | None = None  # exact, or a prefix ending in "." (``tasks.``)
+    outcome: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    request_id: str | None = None
+
+
+class SecurityStore(Protocol):
+    """API keys, custom roles, role bindings and the audit chain. Every method is one transaction.
+
+    Mutations take the ``audit`` entry of the request they answer and chain it in the same transaction: the
+    change and its record commit together or not at all.
+    """
+
+    async def create_api_key(self, key: ApiKey, audit: AuditEntry | None = None) -> ApiKey:
+        """Insert; ``ConflictError`` (``token_exists``) when the id is taken."""
+        ...
+
+    async def get_api_key(self, key_id: str) -> ApiKey | None:
+        """One key (revoked and expired ones included), or ``None``."""
+        ...
+
+    async def list_api_keys(self, tenants: frozenset[str] | None = None) -> list[ApiKey]:
+        """Keys, oldest first; only those whose tenant is in ``tenants`` when given."""
+        ...
+
+    async def revoke_api_key(self, key_id: str, at: datetime, audit: AuditEntry | None = None) -> ApiKey | None:
+        """Set ``revoked_at`` (kept if already set) and return the row; ``None`` when there is no such key."""
+        ...
+
+    async def touch_api_keys(self, used: Mapping[str, datetime]) -> None:
+        """Record last-used times (only ever moved forward). Not audited: reads are not mutations."""
+        ...
+
+    async def has_api_keys(self) -> bool:
+        """True once any key was ever created (the first start creates the admin key only when False)."""
+        ...
+
+    async def create_role(self, role: StoredRole, audit: AuditEntry | None = None) -> StoredRole:
+        """Insert a custom role; ``ConflictError`` (``role_exists``) when the name is taken."""
+        ...
+
+    async def get_role(self, name: str) -> StoredRole | None:
+        """One custom role, or ``None``."""
+        ...
+
+    async def list_roles(self) -> list[StoredRole]:
+        """Every custom role, by name."""
+        ...
+
+    async def delete_role(self, name: str, audit: AuditEntry | None = None) -> None:
+        """Delete a custom role.
+
+        ``NotFoundError`` (``role_not_found``) when missing, ``ConflictError`` (``role_in_use``) while a binding
+        or a live key refers to it (checked in the same transaction).
+        """
+        ...
+
+    async def create_binding(self, binding: RoleBinding, audit: AuditEntry | None = None) -> RoleBinding:
+        """Insert; ``ConflictError`` (``binding_exists``) when ``(subject, tenant, role)`` is bound already."""
+        ...
+
+    async def list_bindings(
+        self, subject: str | None = None, tenants: frozenset[str] | None = None
+    ) -> list[RoleBinding]:
+        """Bindings, oldest first, of ``subject`` and in ``tenants`` when given."""
+        ...
+
+    async def delete_binding(self, binding_id: str, audit: AuditEntry | None = None) -> RoleBinding | None:
+        """Delete and return the row; ``None`` when there is no such binding."""
+        ...
+
+    async def append_audit(self, entries: Sequence[AuditEntry]) -> list[AuditRecord]:
+        """Chain ``entries`` in a transaction of their own (requests that changed nothing, denials)."""
+        ...
+
+    async def list_audit(self, filt: AuditFilter, limit: int, after_seq: int = 0) -> list[AuditRecord]:
+        """Records with ``seq > after_seq`` matching ``filt``, oldest first, at most ``limit``."""
+        ...
+
+    async def audit_head(self) -> Checkpoint | None:
+        """The last record's ``(seq, hash)``, as stored beside the chain; ``None`` before the first record."""
         ...
 
 
