@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import json
 import logging
 import os
 import socket
 import sys
+from pathlib import Path
 
 from taskplane.config import PoolSettings, Settings
 from taskplane.domain import quantities as q
@@ -14,12 +17,14 @@ from taskplane.domain.pool import DEFAULT_POOL, Node, PlacementStrategy, Pool
 from taskplane.domain.resources import Resources, extended_of
 from taskplane.errors import InvalidRequestError
 from taskplane.scheduler import Policy
+from taskplane.services.auth import AuthConfig, AuthService, OidcConfig, new_pepper
 from taskplane.services.clock import SystemClock
 from taskplane.services.engine import Engine, EngineConfig
 from taskplane.services.ids import new_reservation_id
 from taskplane.services.platform import Platform
 from taskplane.services.ports import Executor
 from taskplane.services.resources import ResourceService
+from taskplane.services.security import AuditService, SecurityService
 from taskplane.services.specs import SpecLimits
 from taskplane.services.tasks import TaskService, TaskServiceConfig
 from taskplane.services.tenants import TenantService
@@ -183,6 +188,7 @@ def build_platform(settings: Settings) -> Platform:
             max_batch=settings.max_batch,
         ),
     )
+    auth = AuthService(store, clock, build_auth_config(settings))
     return Platform(
         tasks=tasks,
         engine=engine,
@@ -190,7 +196,80 @@ def build_platform(settings: Settings) -> Platform:
         executor=executor,
         tenants=TenantService(store, engine, clock),
         resources=ResourceService(store, engine, clock, new_reservation_id),
+        auth=auth,
+        security=SecurityService(store, auth, clock),
+        audit=AuditService(store),
+        clock=clock,
     )
+
+
+def write_secret(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (0600 from creation: never briefly wider)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def load_pepper(settings: Settings) -> bytes:
+    """The API-key pepper: ``auth_pepper`` (hex), else its file, created with a random pepper on first start."""
+    if settings.auth_pepper is not None:
+        return bytes.fromhex(settings.auth_pepper)
+    path = settings.auth_pepper_file or settings.data_dir / "auth.pepper"
+    if not path.exists():
+        write_secret(path, new_pepper().hex() + "\n")
+        log.info("created the API key pepper %s (every replica needs the same one)", path)
+    return bytes.fromhex(path.read_text().strip())
+
+
+def build_auth_config(settings: Settings) -> AuthConfig:
+    """Authentication settings from ``settings`` (the pepper is read or created here)."""
+    oidc = None
+    if settings.oidc_issuer is not None and settings.oidc_audience is not None:
+        oidc = OidcConfig(
+            issuer=settings.oidc_issuer,
+            audience=settings.oidc_audience,
+            jwks_url=settings.oidc_jwks_url,
+            jwks_file=settings.oidc_jwks_file,
+            algorithms=frozenset(settings.oidc_algorithms),
+            tenants_claim=settings.oidc_tenants_claim,
+            name_claim=settings.oidc_name_claim,
+            leeway=settings.oidc_leeway,
+        )
+    return AuthConfig(
+        pepper=load_pepper(settings),
+        oidc=oidc,
+        key_cache_seconds=settings.key_cache_seconds,
+        failure_burst=settings.auth_failure_limit,
+        failure_window=settings.auth_failure_window,
+        insecure_no_auth=settings.insecure_no_auth,
+    )
+
+
+def admin_token_path(settings: Settings) -> Path:
+    """Where the first start leaves the platform-admin key for the CLI (and ``make run``)."""
+    return settings.data_dir / "admin.token"
+
+
+async def first_start(platform: Platform, settings: Settings) -> str | None:
+    """On a database that never had an API key, create the platform-admin key; returns its token (else None)."""
+    token = await platform.security.bootstrap_admin_key()
+    if token is not None:
+        write_secret(admin_token_path(settings), token + "\n")
+    return token
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def serve(settings: Settings) -> None:
@@ -198,15 +277,45 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     from taskplane.api.app import ApiConfig, create_app
+    from taskplane.api.security import GateConfig
 
     configure_logging(settings)
+    if settings.insecure_no_auth:
+        if not is_loopback(settings.host):
+            raise SystemExit(
+                f"taskplane: refusing --insecure-no-auth on {settings.host}: without authentication the server "
+                "may only listen on loopback (127.0.0.1, ::1, localhost)"
+            )
+        log.warning(
+            "!!! AUTHENTICATION IS OFF (--insecure-no-auth): every local process is a platform administrator. "
+            "For experiments only. !!!"
+        )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     platform = build_platform(settings)
+    if not settings.insecure_no_auth:
+        token = asyncio.run(first_start(platform, settings))
+        if token is not None:
+            print(
+                "taskplane: created the platform-admin API key. It is shown once, here, and kept (mode 0600) in "
+                f"{admin_token_path(settings)} for the CLI:\n\n    {token}\n",
+                file=sys.stderr,
+                flush=True,
+            )
+    gate = GateConfig(
+        trusted_proxies=tuple(ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies),
+        max_header_bytes=settings.max_header_bytes,
+        tenant_rate=settings.tenant_rate_limit,
+        tenant_burst=settings.tenant_rate_burst,
+        tls=settings.tls_cert is not None,
+    )
     app = create_app(
         platform,
-        ApiConfig(max_body_bytes=settings.max_body_bytes, max_batch_body_bytes=settings.max_batch_body_bytes),
+        ApiConfig(
+            max_body_bytes=settings.max_body_bytes, max_batch_body_bytes=settings.max_batch_body_bytes, gate=gate
+        ),
     )
-    log.info("taskplane serving on http://%s:%d (data dir %s)", settings.host, settings.port, settings.data_dir)
+    scheme = "https" if settings.tls_cert is not None else "http"
+    log.info("taskplane serving on %s://%s:%d (data dir %s)", scheme, settings.host, settings.port, settings.data_dir)
     uvicorn.run(
         app,
         host=settings.host,
@@ -215,4 +324,7 @@ def serve(settings: Settings) -> None:
         access_log=False,
         timeout_graceful_shutdown=5,
         lifespan="on",
+        ssl_certfile=str(settings.tls_cert) if settings.tls_cert is not None else None,
+        ssl_keyfile=str(settings.tls_key) if settings.tls_key is not None else None,
+        h11_max_incomplete_event_size=settings.max_header_bytes,
     )

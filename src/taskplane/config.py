@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -162,6 +163,27 @@ class Settings(BaseSettings):
     backfill: bool = True  # smaller tasks may run around a blocked head when they do not delay it
     fair_share: bool = True  # at equal priority, tenants go by weighted dominant share (else by arrival)
     max_preemptions_per_cycle: int = Field(default=16, ge=0, le=10_000)
+    # Security (docs/security.md).
+    insecure_no_auth: bool = False  # every request is a platform admin; refused unless host is loopback
+    auth_pepper: str | None = Field(default=None, min_length=64, pattern="^[0-9a-fA-F]+$")  # hex; shared by replicas
+    auth_pepper_file: Path | None = None  # default: <data_dir>/auth.pepper, created 0600 on first start
+    key_cache_seconds: float = Field(default=1.0, ge=0, le=60)  # other replicas see a revocation within this
+    auth_failure_limit: int = Field(default=10, ge=1, le=100_000)  # failed logins per address (and key) ...
+    auth_failure_window: float = Field(default=60.0, gt=0, le=86400)  # ... refilled over this many seconds
+    tenant_rate_limit: float = Field(default=1000.0, ge=0)  # requests/s per tenant; 0 = unlimited
+    tenant_rate_burst: float = Field(default=2000.0, ge=1)
+    trusted_proxies: list[str] = Field(default_factory=list)  # CIDRs whose X-Forwarded-For is believed
+    max_header_bytes: int = Field(default=16 << 10, ge=1024, le=1 << 20)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    oidc_jwks_url: str | None = None
+    oidc_jwks_file: Path | None = None
+    oidc_algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"])
+    oidc_tenants_claim: str = "taskplane_tenants"
+    oidc_name_claim: str = "email"
+    oidc_leeway: float = Field(default=30.0, ge=0, le=600)
     # Empty: one pool "default" served by the local executor. ``TASKPLANE_POOLS`` takes a JSON list, decoded by
     # ``_decode_pools`` (NoDecode) so that bad JSON is a ValidationError naming the field, like any other bad value.
     pools: Annotated[list[PoolSettings], NoDecode] = Field(default_factory=list)
@@ -196,6 +218,36 @@ class Settings(BaseSettings):
                     raise ValueError(f"pools {seen[prefix]!r} and {pool.name!r} both name nodes {prefix!r}-<n>")
                 seen[prefix] = pool.name
         return pools
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"trusted_proxies: {item!r} is not an address or CIDR network") from None
+        return value
+
+    @field_validator("oidc_algorithms")
+    @classmethod
+    def _check_algorithms(cls, value: list[str]) -> list[str]:
+        allowed = {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"}
+        for alg in value:
+            if alg not in allowed:
+                raise ValueError(f"oidc_algorithms: {alg!r} is not accepted (asymmetric only: {sorted(allowed)})")
+        return value
+
+    @model_validator(mode="after")
+    def _check_security(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.oidc_issuer is not None:
+            if not self.oidc_audience:
+                raise ValueError("oidc_issuer needs oidc_audience")
+            if (self.oidc_jwks_url is None) == (self.oidc_jwks_file is None):
+                raise ValueError("oidc_issuer needs exactly one of oidc_jwks_url and oidc_jwks_file")
+        return self
 
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to the embedded SQLite file under ``data_dir``."""

@@ -12,7 +12,9 @@ from taskplane import __version__
 from taskplane.api import metrics
 from taskplane.api.errors import install_error_handlers
 from taskplane.api.limits import BodyLimitMiddleware
-from taskplane.api.routes import admin, resources, system, tasks
+from taskplane.api.permissions import check_routes
+from taskplane.api.routes import admin, audit, resources, security, system, tasks
+from taskplane.api.security import GateConfig, SecurityMiddleware
 from taskplane.services.platform import Platform
 
 
@@ -22,6 +24,7 @@ class ApiConfig:
 
     max_body_bytes: int = 1 << 20
     max_batch_body_bytes: int = 64 << 20
+    gate: GateConfig = GateConfig()
 
 
 def create_app(platform: Platform, config: ApiConfig, *, manage_lifespan: bool = True) -> FastAPI:
@@ -42,6 +45,8 @@ def create_app(platform: Platform, config: ApiConfig, *, manage_lifespan: bool =
         version=__version__,
         summary="A workflow execution platform: queues, places and runs tasks, durably.",
         lifespan=lifespan,
+        docs_url=None,  # the Swagger and ReDoc pages load scripts from a CDN: not offline, not under our CSP
+        redoc_url=None,
     )
     app.state.platform = platform
     app.state.metrics = metrics.build_registry(platform)
@@ -49,7 +54,24 @@ def create_app(platform: Platform, config: ApiConfig, *, manage_lifespan: bool =
     app.include_router(tasks.router)
     app.include_router(resources.router)
     app.include_router(admin.router)
+    app.include_router(security.router)
+    app.include_router(audit.router)
     app.include_router(system.router)
     app.include_router(metrics.router)
+    # HEAD shares its GET's rule (Starlette adds it to GET routes of its own).
+    served = [
+        (m, str(getattr(route, "path", ""))) for route in app.routes for m in getattr(route, "methods", None) or ()
+    ]
+    check_routes([(m, path) for m, path in served if m != "HEAD"])
     app.add_middleware(BodyLimitMiddleware, limit=config.max_body_bytes, batch_limit=config.max_batch_body_bytes)
+    # Added last, so it runs first: nothing (not even the body limit) answers an unauthenticated caller.
+    app.add_middleware(
+        SecurityMiddleware,
+        routes=app.routes,
+        auth=platform.auth,
+        audit=platform.audit,
+        now=platform.clock.now,
+        monotonic=platform.clock.monotonic,
+        config=config.gate,
+    )
     return app

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from taskplane.services.access import Caller
 from taskplane.services.platform import Platform
 from taskplane.services.tasks import TaskService
 
@@ -21,5 +22,12 @@ def get_tasks(request: Request) -> TaskService:
     return get_platform(request).tasks
 
 
+def get_caller(request: Request) -> Caller:
+    """The authenticated caller the security middleware attached to this request."""
+    caller: Caller = request.scope["state"]["caller"]
+    return caller
+
+
 PlatformDep = Annotated[Platform, Depends(get_platform)]
+CallerDep = Annotated[Caller, Depends(get_caller)]
 TasksDep = Annotated[TaskService, Depends(get_tasks)]

@@ -51,8 +51,9 @@ class Resource(enum.StrEnum):
     LEASES = "leases"
 
 
-# Resources with no tenant of their own: only a binding at ``"*"`` grants them.
-PLATFORM_RESOURCES = frozenset({Resource.METRICS, Resource.ROLES})
+# Resources with no tenant of their own: only a binding at ``"*"`` grants them. (Creating tenants or custom
+# roles is platform-wide too: the route table gives those routes the ``platform`` scope.)
+PLATFORM_RESOURCES = frozenset({Resource.METRICS})
 
 Permission = tuple[str, str]  # (verb, resource), either may be ``"*"`` in a role's rules
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from taskplane.domain.audit import AuditEntry
 from taskplane.domain.lifecycle import check_transition
 from taskplane.domain.outcome import AttemptOutcome, StopReason, classify, describe, next_step
 from taskplane.domain.pool import Pool
@@ -116,10 +117,12 @@ class _Batch:
         self.replies: list[tuple[asyncio.Future[Task], Task | TaskplaneError]] = []
         self.released: list[tuple[asyncio.Future[Reservation | None], Reservation | None]] = []
         self.finished: list[str] = []
+        self.audit: list[AuditEntry] = []  # records of the API requests answered by this batch
 
     def __bool__(self) -> bool:
         return bool(
-            self.tasks
+            self.audit
+            or self.tasks
             or self.new_attempts
             or self.attempts
             or self.events
@@ -149,6 +152,7 @@ class _Batch:
             attempts=list(self.attempts.values()),
             events=self.events,
             reservations=list(self.reservations.values()),
+            audit=self.audit,
         )
 
 
@@ -203,8 +207,8 @@ class Engine:
         # inbox
         self._new: list[Task] = []
         self._events: list[ExecutorEvent] = []
-        self._cancels: list[tuple[str, asyncio.Future[Task]]] = []
-        self._releases: list[tuple[str, asyncio.Future[Reservation | None]]] = []
+        self._cancels: list[tuple[str, asyncio.Future[Task], AuditEntry | None]] = []
+        self._releases: list[tuple[str, asyncio.Future[Reservation | None], AuditEntry | None]] = []
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._wake = asyncio.Event()
         # outbox
@@ -366,12 +370,15 @@ class Engine:
         self._new.extend(tasks)
         self._wake.set()
 
-    async def cancel(self, task_id: str) -> Task | None:
-        """Ask to cancel a live task; returns its new state once committed, ``None`` if the engine does not hold it."""
+    async def cancel(self, task_id: str, audit: AuditEntry | None = None) -> Task | None:
+        """Ask to cancel a live task; returns its new state once committed, ``None`` if the engine does not hold it.
+
+        ``audit`` is committed in the same transaction as the cancellation.
+        """
         if task_id not in self._tasks:
             return None
         fut: asyncio.Future[Task] = asyncio.get_running_loop().create_future()
-        self._cancels.append((task_id, fut))
+        self._cancels.append((task_id, fut, audit))
         self._wake.set()
         return await fut
 
@@ -509,12 +516,15 @@ class Engine:
             self._timers.add(_epoch(reservation.expires_at), "reservation_expiry", reservation.id)
         self._wake.set()
 
-    async def release(self, reservation_id: str) -> Reservation | None:
-        """Release a live reservation; returns its committed row, ``None`` if it is not live."""
+    async def release(self, reservation_id: str, audit: AuditEntry | None = None) -> Reservation | None:
+        """Release a live reservation; returns its committed row, ``None`` if it is not live.
+
+        ``audit`` is committed in the same transaction as the release.
+        """
         if reservation_id not in self._reservations:
             return None
         fut: asyncio.Future[Reservation | None] = asyncio.get_running_loop().create_future()
-        self._releases.append((reservation_id, fut))
+        self._releases.append((reservation_id, fut, audit))
         self._wake.set()
         return await fut
 
@@ -567,9 +577,11 @@ class Engine:
                 log.exception("engine: handling %s failed", ev)
 
         cancels, self._cancels = self._cancels, []
-        for task_id, fut in cancels:
+        for task_id, fut, audit in cancels:
             try:
                 batch.replies.append((fut, self._on_cancel(task_id, now)))
+                if audit is not None:
+                    batch.audit.append(audit)
             except TaskplaneError as exc:
                 batch.replies.append((fut, exc))
             except Exception:
@@ -577,9 +589,12 @@ class Engine:
                 batch.replies.append((fut, InternalError(f"cancelling task {task_id} failed; see the server log")))
 
         releases, self._releases = self._releases, []
-        for reservation_id, rfut in releases:
+        for reservation_id, rfut, audit in releases:
             try:
-                batch.released.append((rfut, self._end_reservation(reservation_id, ReservationState.RELEASED, now)))
+                ended = self._end_reservation(reservation_id, ReservationState.RELEASED, now)
+                batch.released.append((rfut, ended))
+                if ended is not None and audit is not None:
+                    batch.audit.append(audit)
             except Exception:
                 log.exception("engine: releasing %s failed", reservation_id)
                 batch.released.append((rfut, None))

@@ -21,3 +21,13 @@ def new_task_id(now: datetime) -> str:
 def new_reservation_id(now: datetime) -> str:
     """A reservation id: ``rsv-`` and a ULID, so it never reads like a task id."""
     return "rsv-" + new_task_id(now)
+
+
+def new_binding_id(now: datetime) -> str:
+    """A role binding id: ``rb-`` and a ULID."""
+    return "rb-" + new_task_id(now)
+
+
+def new_request_id(now: datetime) -> str:
+    """A request id: ``req-`` and a ULID (sortable, so audit readers can line requests up by time)."""
+    return "req-" + new_task_id(now)

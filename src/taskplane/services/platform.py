@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from taskplane.errors import UnavailableError
+from taskplane.services.auth import AuthService
 from taskplane.services.engine import Engine
-from taskplane.services.ports import Executor, TaskStore
+from taskplane.services.ports import Clock, Executor, TaskStore
 from taskplane.services.resources import ResourceService
+from taskplane.services.security import AuditService, SecurityService
 from taskplane.services.tasks import TaskService
 from taskplane.services.tenants import TenantService
 
@@ -22,6 +24,10 @@ class Platform:
     executor: Executor  # the first pool's
     tenants: TenantService
     resources: ResourceService
+    auth: AuthService
+    security: SecurityService
+    audit: AuditService
+    clock: Clock
     started: bool = False
 
     async def start(self) -> None:
@@ -33,6 +39,7 @@ class Platform:
         """Stop the engine and close the store; running tasks keep running."""
         if self.started:
             await self.engine.close()
+            await self.auth.flush_usage()
             self.started = False
         await self.store.close()
 

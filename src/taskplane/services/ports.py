@@ -77,6 +77,7 @@ class TaskFilter:
     created_after: datetime | None = None
     created_before: datetime | None = None
     tenant: str | None = None
+    tenants: frozenset[str] | None = None  # only these tenants' tasks (None: every tenant)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,9 +100,7 @@ class ChangeSet:
     audit: list[AuditEntry] = field(default_factory=list)  # records of the requests these changes answer
 
     def __bool__(self) -> bool:
-        return bool(
-            self.tasks or self.new_attempts or self.attempts or self.events or self.reservations or self.audit
-        )
+        return bool(self.tasks or self.new_attempts or self.attempts or self.events or self.reservations or self.audit)
 
 
 class TaskStore(Protocol):
@@ -204,9 +203,7 @@ class AdminStore(Protocol):
         """
         ...
 
-    async def create_reservation(
-        self, reservation: Reservation, audit: AuditEntry | None = None
-    ) -> Reservation:
+    async def create_reservation(self, reservation: Reservation, audit: AuditEntry | None = None) -> Reservation:
         """Insert a new reservation; the returned row carries its ``seq``."""
         ...
 

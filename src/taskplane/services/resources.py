@@ -14,11 +14,14 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from taskplane.domain import quantities as q
+from taskplane.domain.access import Resource, Verb
+from taskplane.domain.audit import AuditEntry
 from taskplane.domain.pool import Node, Pool
 from taskplane.domain.reservation import Reservation, ReservationState
 from taskplane.domain.resources import ZERO, Resources
 from taskplane.domain.tenant import Tenant
 from taskplane.errors import ConflictError, InvalidRequestError, NotFoundError, UnavailableError
+from taskplane.services.access import Caller
 from taskplane.services.ports import AdminStore, Clock, UsageRow
 from taskplane.services.specs import (
     Directory,
@@ -93,7 +96,7 @@ class ResourceDirectory(Directory, Protocol):
         """A new pending reservation was committed."""
         ...
 
-    async def release(self, reservation_id: str) -> Reservation | None:
+    async def release(self, reservation_id: str, audit: AuditEntry | None = None) -> Reservation | None:
         """Commit ``released`` for a live reservation; ``None`` when it is not live."""
         ...
 
@@ -243,10 +246,12 @@ class ResourceService:
 
     # ---------------------------------------------------------------------------------------- reservations
 
-    async def reserve(self, body: ReserveRequest) -> ReservationOut:
+    async def reserve(self, caller: Caller, body: ReserveRequest) -> ReservationOut:
         """Create a ``pending`` reservation; the scheduler holds all its slots at once when they fit."""
         now = self._clock.now()
-        tenant = find_tenant(self._engine, body.tenant)
+        name = body.tenant if "tenant" in body.model_fields_set else caller.default_tenant(body.tenant)
+        caller.check_target(Verb.CREATE, Resource.RESERVATIONS, name)
+        tenant = find_tenant(self._engine, name)
         name = default_pool(tenant, self._engine) if body.pool is None else check_name(body.pool, "pool")
         pool = find_pool(self._engine, tenant, name)
         check_priority(tenant, body.priority)
@@ -267,34 +272,46 @@ class ResourceService:
             duration=duration,
             expires_at=None if ttl is None else now + timedelta(seconds=ttl),
         )
-        stored = await self._store.create_reservation(reservation)
+        audit = caller.entry(now, "reservations.create", f"reservations/{reservation.id}", tenant.name)
+        stored = await self._store.create_reservation(reservation, audit)
+        caller.audited = True
         self._engine.reservation_created(stored)
         return reservation_out(self._engine.reservation(stored.id) or stored)
 
-    async def get_reservation(self, reservation_id: str) -> ReservationOut:
-        """A reservation, live or ended; 404 ``reservation_not_found``."""
+    async def get_reservation(self, caller: Caller, reservation_id: str) -> ReservationOut:
+        """A reservation, live or ended; 404 ``reservation_not_found`` (also for another tenant's)."""
         live = self._engine.reservation(reservation_id)
         if live is not None:
+            caller.check_object(Verb.GET, Resource.RESERVATIONS, live.tenant, _missing(reservation_id))
             return reservation_out(live)
-        return reservation_out(await self._stored(reservation_id))
+        return reservation_out(await self._stored(caller, Verb.GET, reservation_id))
 
-    async def _stored(self, reservation_id: str) -> Reservation:
+    async def _stored(self, caller: Caller, verb: str, reservation_id: str) -> Reservation:
         found = await self._store.get_reservation(reservation_id)
         if found is None:
-            raise NotFoundError(f"reservation {reservation_id[:64]!r} not found", code="reservation_not_found")
+            raise _missing(reservation_id)
+        caller.check_object(verb, Resource.RESERVATIONS, found.tenant, _missing(reservation_id))
         return found
 
-    async def list_reservations(self, tenant: str | None = None, live: bool = False) -> ReservationList:
+    async def list_reservations(self, caller: Caller, tenant: str | None = None, live: bool = False) -> ReservationList:
         """Reservations, oldest first (of one tenant; only pending and active ones with ``live``)."""
+        visible = caller.visible(Verb.LIST, Resource.RESERVATIONS)
         stored = await self._store.list_reservations(tenant, live)
+        if visible is not None:
+            stored = [r for r in stored if r.tenant in visible]
         return ReservationList(items=[reservation_out(self._engine.reservation(r.id) or r) for r in stored])
 
-    async def release(self, reservation_id: str) -> ReservationOut:
+    async def release(self, caller: Caller, reservation_id: str) -> ReservationOut:
         """Release a live reservation; 409 ``reservation_ended`` when it already ended, 404 when missing."""
-        released = await self._engine.release(reservation_id)
+        held = self._engine.reservation(reservation_id)
+        owner = held.tenant if held is not None else (await self._stored(caller, Verb.DELETE, reservation_id)).tenant
+        caller.check_object(Verb.DELETE, Resource.RESERVATIONS, owner, _missing(reservation_id))
+        audit = caller.entry(self._clock.now(), "reservations.release", f"reservations/{reservation_id}", owner)
+        released = await self._engine.release(reservation_id, audit)
         if released is not None:
+            caller.audited = True
             return reservation_out(released)
-        stored = await self._stored(reservation_id)
+        stored = await self._stored(caller, Verb.DELETE, reservation_id)
         if stored.state.terminal:
             raise ConflictError(
                 f"reservation {reservation_id} already ended ({stored.state.value})",
@@ -327,7 +344,7 @@ class ResourceService:
         return start, until
 
     async def usage(
-        self, window: str | None = None, start: datetime | None = None, end: datetime | None = None
+        self, caller: Caller, window: str | None = None, start: datetime | None = None, end: datetime | None = None
     ) -> UsageReport:
         """Per tenant and pool over the window: requested, allocated now, measured, utilization.
 
@@ -339,7 +356,10 @@ class ResourceService:
         live = self._engine.live_usage()
         cores = {p.name: _sums(p.nodes)[0].millicpu / 1000 for p in self._engine.pools()}
         items = []
+        visible = caller.visible(Verb.LIST, Resource.USAGE)
         for tenant, pool in sorted(set(rows) | set(live)):
+            if visible is not None and tenant not in visible:
+                continue
             row = rows.get((tenant, pool)) or UsageRow(tenant, pool, 0, 0.0, 0.0, 0.0, None, None)
             capacity = cores.get(pool, 0.0) * seconds
             items.append(
@@ -359,3 +379,8 @@ class ResourceService:
                 )
             )
         return UsageReport(start=start, end=end, window_seconds=seconds, items=items)
+
+
+def _missing(reservation_id: str) -> NotFoundError:
+    """What a missing reservation, and another tenant's, both answer."""
+    return NotFoundError(f"reservation {reservation_id[:64]!r} not found", code="reservation_not_found")

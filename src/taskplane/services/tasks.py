@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
+from taskplane.domain.access import Resource, Verb
 from taskplane.domain.resources import Resources
 from taskplane.domain.task import Task, TaskState
 from taskplane.errors import (
@@ -17,6 +18,7 @@ from taskplane.errors import (
     PayloadTooLargeError,
     UnavailableError,
 )
+from taskplane.services.access import Caller
 from taskplane.services.engine import Engine
 from taskplane.services.ids import new_task_id
 from taskplane.services.ports import Clock, Executor, LogStream, NewTask, SupportsLogs, TaskEvent, TaskFilter, TaskStore
@@ -63,7 +65,14 @@ class TaskService:
 
     # --------------------------------------------------------------------------------------- submit
 
-    def _prepare(self, sub: TaskSubmit, header_key: str | None, now: datetime, index: int | None) -> NewTask:
+    def _prepare(
+        self, caller: Caller, sub: TaskSubmit, header_key: str | None, now: datetime, index: int | None
+    ) -> NewTask:
+        if "tenant" not in sub.model_fields_set:
+            sub = sub.model_copy(update={"tenant": caller.default_tenant(sub.tenant)})
+        # Before anything about the tenant is looked up: a tenant the caller holds no role in answers 403
+        # whether or not it exists.
+        caller.check_target(Verb.CREATE, Resource.TASKS, sub.tenant)
         key = sub.idempotency_key
         if header_key is not None:
             if key is not None and key != header_key:
@@ -72,7 +81,7 @@ class TaskService:
                 )
             key = header_key
         try:
-            spec = build_spec(sub, self._config.spec_limits, now)
+            spec = replace(build_spec(sub, self._config.spec_limits, now), owner=caller.subject)
             if spec.image is not None and not self._config.supports_images:
                 raise InvalidRequestError(
                     "this platform's executor runs processes, not container images; omit 'image'",
@@ -97,14 +106,23 @@ class TaskService:
         )
         return NewTask(task, request_hash(sub) if key is not None else None)
 
-    async def _create(self, new: Sequence[NewTask], now: datetime) -> list[tuple[Task, bool]]:
+    async def _create(self, caller: Caller, new: Sequence[NewTask], now: datetime) -> list[tuple[Task, bool]]:
         adding = Counter(n.task.spec.tenant for n in new)
         check_pending_limits(adding, self._engine, self._in_flight)
         events = [TaskEvent(n.task.id, now, "created", None, TaskState.PENDING, None, {}) for n in new]
         # Counted until the engine holds them, so concurrent requests cannot all pass the limit at once.
         self._in_flight.update(adding)
         try:
-            created = await self._store.create_tasks(new, events)
+            tenants = sorted(adding)
+            audit = caller.entry(
+                now,
+                "tasks.create",
+                f"tasks/{new[0].task.id}" if len(new) == 1 else "tasks",
+                tenants[0] if len(tenants) == 1 else None,
+                tasks=[n.task.id for n in new][:1000],
+            )
+            created = await self._store.create_tasks(new, events, audit)
+            caller.audited = True
             fresh = [c.task for c in created if c.created]
             if fresh:
                 self._engine.submitted(fresh)
@@ -112,13 +130,13 @@ class TaskService:
             self._in_flight.subtract(adding)
         return [(c.task, c.created) for c in created]
 
-    async def submit(self, sub: TaskSubmit, idempotency_key: str | None = None) -> tuple[TaskOut, bool]:
+    async def submit(self, caller: Caller, sub: TaskSubmit, idempotency_key: str | None = None) -> tuple[TaskOut, bool]:
         """Create one task; returns it and whether it was created (False: an idempotent replay)."""
         now = self._clock.now()
-        [(task, created)] = await self._create([self._prepare(sub, idempotency_key, now, None)], now)
+        [(task, created)] = await self._create(caller, [self._prepare(caller, sub, idempotency_key, now, None)], now)
         return task_out(task), created
 
-    async def submit_batch(self, batch: BatchSubmit) -> BatchSubmitResult:
+    async def submit_batch(self, caller: Caller, batch: BatchSubmit) -> BatchSubmitResult:
         """Create up to ``max_batch`` tasks in one transaction (all or nothing)."""
         if not batch.tasks:
             raise InvalidRequestError("tasks must not be empty", code="invalid_field", field="tasks")
@@ -127,21 +145,24 @@ class TaskService:
                 f"a batch holds at most {self._config.max_batch} tasks; got {len(batch.tasks)}", code="batch_too_large"
             )
         now = self._clock.now()
-        new = [self._prepare(sub, None, now, i) for i, sub in enumerate(batch.tasks)]
-        results = await self._create(new, now)
+        new = [self._prepare(caller, sub, None, now, i) for i, sub in enumerate(batch.tasks)]
+        results = await self._create(caller, new, now)
         return BatchSubmitResult(tasks=[task_out(t) for t, _ in results], created=[c for _, c in results])
 
     # ----------------------------------------------------------------------------------------- read
 
-    async def _load(self, task_id: str) -> Task:
+    async def _load(self, caller: Caller, task_id: str, verb: str = Verb.GET, resource: str = Resource.TASKS) -> Task:
+        """The task, if ``caller`` may ``verb`` it; another tenant's task is as missing as a missing one."""
+        missing = NotFoundError(f"task {task_id[:64]} not found")
         task = await self._store.get_task(task_id)
         if task is None:
-            raise NotFoundError(f"task {task_id} not found")
+            raise missing
+        caller.check_object(verb, resource, task.spec.tenant, missing)
         return task
 
-    async def get(self, task_id: str) -> TaskOut:
+    async def get(self, caller: Caller, task_id: str) -> TaskOut:
         """One task with its attempts, live pending reason and queue position."""
-        task = await self._load(task_id)
+        task = await self._load(caller, task_id)
         attempts = await self._store.get_attempts(task_id)
         view = self._engine.view(task_id) if task.state is TaskState.PENDING else None
         if view is None:
@@ -150,6 +171,7 @@ class TaskService:
 
     async def list_tasks(
         self,
+        caller: Caller,
         *,
         states: Sequence[str] = (),
         labels: Sequence[str] = (),
@@ -174,8 +196,17 @@ class TaskService:
             label_map[key] = value
         if not 1 <= limit <= MAX_LIST_LIMIT:
             raise InvalidRequestError(f"limit must be between 1 and {MAX_LIST_LIMIT}", code="invalid_field")
+        visible = caller.visible(Verb.LIST, Resource.TASKS)
+        if visible is not None and not visible:
+            return TaskList(items=[], next_cursor=None)
         page = await self._store.list_tasks(
-            TaskFilter(states=wanted, labels=label_map, created_after=created_after, created_before=created_before),
+            TaskFilter(
+                states=wanted,
+                labels=label_map,
+                created_after=created_after,
+                created_before=created_before,
+                tenants=visible,
+            ),
             limit,
             cursor,
         )
@@ -185,23 +216,26 @@ class TaskService:
             items.append(task_out(task) if view is None else task_out(task, reason=view.reason, eta=view.eta))
         return TaskList(items=items, next_cursor=page.next_cursor)
 
-    async def events(self, task_id: str) -> list[EventOut]:
+    async def events(self, caller: Caller, task_id: str) -> list[EventOut]:
         """A task's recorded transitions, oldest first."""
-        await self._load(task_id)
+        await self._load(caller, task_id)
         return [event_out(e) for e in await self._store.get_events(task_id)]
 
     # --------------------------------------------------------------------------------------- cancel
 
-    async def cancel(self, task_id: str) -> TaskOut:
+    async def cancel(self, caller: Caller, task_id: str) -> TaskOut:
         """Cancel a pending or running task. Idempotent; a task that ended otherwise is a 409."""
+        task = await self._load(caller, task_id, Verb.UPDATE)
         for _ in range(100):
+            audit = caller.entry(self._clock.now(), "tasks.cancel", f"tasks/{task_id}", task.spec.tenant)
             try:
-                moved = await self._engine.cancel(task_id)
+                moved = await self._engine.cancel(task_id, audit)
             except NotFoundError:
                 moved = None  # it ended while the request waited for the engine
             if moved is not None:
+                caller.audited = True
                 return task_out(moved)
-            task = await self._load(task_id)
+            task = await self._load(caller, task_id, Verb.UPDATE)
             if task.state in (TaskState.CANCELLED, TaskState.CANCELLING):
                 return task_out(task)
             if task.state.terminal:
@@ -215,22 +249,22 @@ class TaskService:
 
     # ----------------------------------------------------------------------------------------- wait
 
-    async def wait(self, task_id: str, timeout: float) -> TaskOut:
+    async def wait(self, caller: Caller, task_id: str, timeout: float) -> TaskOut:
         """The task once it has ended, or as it is when ``timeout`` seconds have passed."""
         if not 0 <= timeout <= MAX_WAIT_SECONDS:
             raise InvalidRequestError(f"timeout must be between 0 and {MAX_WAIT_SECONDS:g}", code="invalid_field")
-        task = await self._load(task_id)
+        task = await self._load(caller, task_id)
         if not task.state.terminal and timeout > 0:
             await self._engine.wait_terminal(task_id, timeout)
-        return await self.get(task_id)
+        return await self.get(caller, task_id)
 
     # ----------------------------------------------------------------------------------------- logs
 
     async def open_logs(
-        self, task_id: str, stream: LogStream, attempt: int | None, follow: bool, offset: int
+        self, caller: Caller, task_id: str, stream: LogStream, attempt: int | None, follow: bool, offset: int
     ) -> AsyncIterator[bytes]:
         """Validate a log request (raising 4xx now) and return the byte stream to send."""
-        task = await self._load(task_id)
+        task = await self._load(caller, task_id, Verb.GET, Resource.LOGS)
         if attempt is not None and not 1 <= attempt <= max(task.attempts, 1):
             raise NotFoundError(f"task {task_id} has no attempt {attempt} (it has {task.attempts})")
         if offset < 0:

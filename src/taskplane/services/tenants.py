@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Protocol
 
 from taskplane.domain import quantities as q
+from taskplane.domain.access import Resource, Verb
 from taskplane.domain.pool import Pool
 from taskplane.domain.resources import Resources
 from taskplane.domain.tenant import (
@@ -28,6 +29,7 @@ from taskplane.domain.tenant import (
     default_tenant,
 )
 from taskplane.errors import ConflictError, InvalidRequestError, NotFoundError
+from taskplane.services.access import Caller
 from taskplane.services.ports import AdminStore, Clock
 from taskplane.services.specs import naming
 from taskplane.services.views import resources_out, tenant_out
@@ -195,9 +197,9 @@ class TenantService:
             return stored, False
         if name == DEFAULT_TENANT:
             return default_tenant(), True
-        raise NotFoundError(f"tenant {name[:64]!r} not found", code="tenant_not_found")
+        raise _missing(name)
 
-    async def create(self, body: TenantCreate) -> TenantOut:
+    async def create(self, caller: Caller, body: TenantCreate) -> TenantOut:
         """Create a tenant; 409 ``tenant_exists`` when the name is taken (``default`` always is)."""
         _check_name(body.name)
         if body.name == DEFAULT_TENANT:
@@ -207,43 +209,50 @@ class TenantService:
             )
         now = self._clock.now()
         tenant = apply_tenant_fields(Tenant(body.name, created_at=now, updated_at=now), body, self._engine)
-        saved = await self._store.create_tenant(tenant)
+        audit = caller.entry(now, "tenants.create", f"tenants/{tenant.name}", tenant.name)
+        saved = await self._store.create_tenant(tenant, audit)
+        caller.audited = True
         self._engine.set_tenant(saved)
         return self._out(saved)
 
-    async def get(self, name: str) -> TenantOut:
-        """One tenant with what it holds now."""
+    async def get(self, caller: Caller, name: str) -> TenantOut:
+        """One tenant with what it holds now (another tenant answers 404 like a missing one)."""
+        caller.check_object(Verb.GET, Resource.TENANTS, name, _missing(name))
         tenant, implicit = await self._load(name)
         return self._out(tenant, implicit=implicit)
 
-    async def list(self) -> TenantList:
-        """Every tenant by name, the implicit ``default`` included."""
+    async def list(self, caller: Caller) -> TenantList:
+        """Every tenant the caller may see by name, the implicit ``default`` included."""
+        visible = caller.visible(Verb.LIST, Resource.TENANTS)
         stored = await self._store.list_tenants()
-        items = [self._out(t) for t in stored]
-        if all(t.name != DEFAULT_TENANT for t in stored):
+        items = [self._out(t) for t in stored if visible is None or t.name in visible]
+        shown = visible is None or DEFAULT_TENANT in visible
+        if shown and all(t.name != DEFAULT_TENANT for t in stored):
             items.append(self._out(default_tenant(), implicit=True))
         return TenantList(items=sorted(items, key=lambda t: t.name))
 
-    async def update(self, name: str, patch: TenantUpdate) -> TenantOut:
+    async def update(self, caller: Caller, name: str, patch: TenantUpdate) -> TenantOut:
         """Merge ``patch`` into the tenant (nothing changes when it is refused); stores ``default`` on first use."""
         for _ in range(2):
             base, implicit = await self._load(name)
             now = self._clock.now()
             tenant = replace(apply_tenant_fields(base, patch, self._engine), updated_at=now)
+            audit = caller.entry(now, "tenants.update", f"tenants/{name}", name)
             if not implicit:
-                saved = await self._store.update_tenant(tenant)
+                saved = await self._store.update_tenant(tenant, audit)
                 break
             try:
-                saved = await self._store.create_tenant(replace(tenant, created_at=now))
+                saved = await self._store.create_tenant(replace(tenant, created_at=now), audit)
                 break
             except ConflictError:
                 continue  # another request stored the default tenant first: merge into that one
         else:
             raise ConflictError(f"tenant {name} changed concurrently; try again", code="conflict")
+        caller.audited = True
         self._engine.set_tenant(saved)
         return self._out(saved)
 
-    async def delete(self, name: str) -> None:
+    async def delete(self, caller: Caller, name: str) -> None:
         """Delete a tenant with no live task or reservation: 409 ``tenant_not_empty`` otherwise.
 
         ``default`` is protected (409 ``tenant_protected``). The store checks emptiness again in the delete's
@@ -262,5 +271,13 @@ class TenantService:
                 running=counts.running,
                 reservations=counts.reservations,
             )
-        await self._store.delete_tenant(name)
+        await self._store.delete_tenant(
+            name, caller.entry(self._clock.now(), "tenants.delete", f"tenants/{name}", name)
+        )
+        caller.audited = True
         self._engine.drop_tenant(name)
+
+
+def _missing(name: str) -> NotFoundError:
+    """What a missing tenant, and one the caller may not see, both answer."""
+    return NotFoundError(f"tenant {name[:64]!r} not found", code="tenant_not_found")

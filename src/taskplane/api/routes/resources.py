@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
+from taskplane.api.deps import CallerDep
 from taskplane.api.routes.common import json_response, problems
 from taskplane.services.platform import Platform
 from taskplane.services.resources import ResourceService
@@ -32,39 +33,41 @@ async def resources(service: ResourcesDep) -> Response:
 
 
 @router.post("/reserve", response_model=ReservationOut, status_code=201, responses=problems(400, 404, 422))
-async def reserve(body: ReserveRequest, service: ResourcesDep) -> Response:
+async def reserve(body: ReserveRequest, service: ResourcesDep, caller: CallerDep) -> Response:
     """Reserve ``count`` slots of ``resources`` in a pool for a tenant: held all at once, or not at all."""
-    return json_response(await service.reserve(body), 201)
+    return json_response(await service.reserve(caller, body), 201)
 
 
 @router.get("/reservations", response_model=ReservationList, responses=problems(422))
 async def list_reservations(
     service: ResourcesDep,
+    caller: CallerDep,
     tenant: Annotated[str | None, Query(max_length=63)] = None,
     live: Annotated[bool, Query(description="only pending and active ones")] = False,
 ) -> Response:
     """Reservations, oldest first."""
-    return json_response(await service.list_reservations(tenant, live))
+    return json_response(await service.list_reservations(caller, tenant, live))
 
 
 @router.get("/usage", response_model=UsageReport, responses=problems(422))
 async def usage(
     service: ResourcesDep,
+    caller: CallerDep,
     window: Annotated[str | None, Query(max_length=32, description="e.g. 1h, 30m, 7d")] = None,
     start: datetime | None = None,
     end: datetime | None = None,
 ) -> Response:
     """Per tenant and pool over a window: requested, allocated now, measured, utilization."""
-    return json_response(await service.usage(window, start, end))
+    return json_response(await service.usage(caller, window, start, end))
 
 
 @router.get("/{reservation_id}", response_model=ReservationOut, responses=problems(404))
-async def get_reservation(reservation_id: str, service: ResourcesDep) -> Response:
+async def get_reservation(reservation_id: str, service: ResourcesDep, caller: CallerDep) -> Response:
     """One reservation, live or ended."""
-    return json_response(await service.get_reservation(reservation_id))
+    return json_response(await service.get_reservation(caller, reservation_id))
 
 
 @router.delete("/{reservation_id}", response_model=ReservationOut, responses=problems(404, 409))
-async def release(reservation_id: str, service: ResourcesDep) -> Response:
+async def release(reservation_id: str, service: ResourcesDep, caller: CallerDep) -> Response:
     """Release a reservation (409 ``reservation_ended`` when it already ended)."""
-    return json_response(await service.release(reservation_id))
+    return json_response(await service.release(caller, reservation_id))
