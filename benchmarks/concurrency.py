@@ -103,7 +103,7 @@ def run(tasks: int, sleep: float, cancel: bool, database_url: str | None) -> dic
     with (
         fresh_database(database_url) as url,
         server(url, **settings) as srv,
-        httpx.Client(base_url=srv.url, timeout=120) as c,
+        httpx.Client(base_url=srv.url, timeout=120, headers=srv.headers) as c,
     ):
         assert srv.proc is not None
         server_pid = srv.proc.pid

@@ -75,7 +75,7 @@ def run(n: int, warmup: int, poll: float, database_url: str | None) -> tuple[dic
     with (
         fresh_database(database_url) as url,
         server(url, node_cpu="2", node_memory="8Gi") as srv,
-        httpx.Client(base_url=srv.url, timeout=60) as c,
+        httpx.Client(base_url=srv.url, timeout=60, headers=srv.headers) as c,
     ):
         for i in range(warmup + n):
             client, spans, seen_running = one_task(c, poll)

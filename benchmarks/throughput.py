@@ -33,7 +33,7 @@ def run(tasks: int, database_url: str | None) -> dict[str, float]:
     with (
         fresh_database(database_url) as url,
         server(url, node_cpu="2", node_memory="8Gi") as srv,
-        httpx.Client(base_url=srv.url, timeout=60) as c,
+        httpx.Client(base_url=srv.url, timeout=60, headers=srv.headers) as c,
     ):
         sup = supervisor_pid(srv)
         assert srv.proc is not None and sup is not None

@@ -232,7 +232,9 @@ def test_default_resources_apply(client):
 
 def test_a_plain_http_client_can_drive_it(server):
     # No SDK, no session: one-shot httpx calls only, as an outside client would.
-    resp = httpx.post(server.url + "/platform/tasks", json={"command": ["echo", "plain"]})
+    resp = httpx.post(server.url + "/platform/tasks", json={"command": ["echo", "plain"]}, headers=server.headers)
     task_id = resp.json()["id"]
-    done = httpx.get(server.url + f"/platform/tasks/{task_id}/wait", params={"timeout": 10}).json()
+    done = httpx.get(
+        server.url + f"/platform/tasks/{task_id}/wait", params={"timeout": 10}, headers=server.headers
+    ).json()
     assert done["state"] == "succeeded"

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from taskplane.domain.access import ApiKey, Role, RoleBinding, StoredRole
+from taskplane.domain.audit import AuditEntry, AuditOutcome
 from taskplane.domain.reservation import Reservation, ReservationState
 from taskplane.domain.resources import Resources
 from taskplane.domain.task import Attempt, AttemptState, Task, TaskSpec, TaskState
@@ -152,5 +154,62 @@ def reservation(tenant: str = "acme", **changes: Any) -> Reservation:
         state=ReservationState.PENDING,
         created_at=T0,
         updated_at=T0,
+    )
+    return replace(base, **changes)
+
+
+_key_ids = itertools.count(1)
+
+
+def api_key(tenant: str = "acme", **changes: Any) -> ApiKey:
+    """A live key of ``tenant`` with the built-in ``submitter`` role, ``changes`` applied."""
+    n = next(_key_ids)
+    base = ApiKey(
+        id=f"k{n:011d}",
+        secret_hash=f"hash-{n}",
+        owner="alice@example.com",
+        tenant=tenant,
+        roles=("submitter",),
+        created_at=T0 + timedelta(seconds=n),
+        created_by="key:admin",
+    )
+    return replace(base, **changes)
+
+
+def custom_role(name: str = "auditor", *rules: tuple[str, str], **changes: Any) -> StoredRole:
+    """A stored custom role (by default: read the audit log), ``changes`` applied to the ``StoredRole``."""
+    role = Role(name, frozenset(rules or {("get", "audit"), ("list", "audit")}), f"the {name} role")
+    return replace(StoredRole(role, created_at=T0, created_by="key:admin"), **changes)
+
+
+_binding_ids = itertools.count(1)
+
+
+def binding(subject: str = "oidc:alice", tenant: str = "acme", role: str = "viewer", **changes: Any) -> RoleBinding:
+    """A binding of ``role`` in ``tenant`` to ``subject``, created after every earlier one."""
+    n = next(_binding_ids)
+    base = RoleBinding(
+        f"b{n:011d}", subject, tenant, role, created_at=T0 + timedelta(seconds=n), created_by="key:admin"
+    )
+    return replace(base, **changes)
+
+
+_request_ids = itertools.count(1)
+
+
+def entry(action: str = "tasks.create", tenant: str | None = "acme", **changes: Any) -> AuditEntry:
+    """A successful audit entry of a request of its own, ``changes`` applied."""
+    n = next(_request_ids)
+    base = AuditEntry(
+        at=T0 + timedelta(milliseconds=n),
+        request_id=f"req-{n}",
+        principal="key:k1",
+        tenant=tenant,
+        action=action,
+        resource=f"{action.split('.')[0]}/{n}",
+        outcome=AuditOutcome.SUCCESS,
+        status=200,
+        source="10.0.0.1",
+        detail={"n": n},
     )
     return replace(base, **changes)

@@ -4,13 +4,25 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
+import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
+from taskplane.domain.audit import AuditEntry, compute_chain, verify_chain
 from taskplane.domain.reservation import Reservation, ReservationState
 from taskplane.domain.resources import Resources, extended_of
-from taskplane.domain.task import FailureClass, PendingReason, RetryPolicy, Task, TaskSpec, TaskState, Timeouts
-from taskplane.domain.tenant import Quota, Tenant
+from taskplane.domain.task import (
+    FailureClass,
+    HostAccess,
+    Mount,
+    PendingReason,
+    RetryPolicy,
+    Task,
+    TaskSpec,
+    TaskState,
+    Timeouts,
+)
+from taskplane.domain.tenant import Quota, Tenant, TenantPolicy
 from taskplane.storage.sql import codec
 from taskplane.storage.sql.store import decode_cursor, encode_cursor
 from taskplane.storage.sql.tables import from_micros, to_micros
@@ -71,6 +83,17 @@ specs = st.builds(
     node_selector=st.dictionaries(text, text, max_size=3),
     reservation=st.none() | text,
     simulated_duration=st.none() | st.floats(0, 1e7),
+    host=st.builds(
+        HostAccess,
+        privileged=st.booleans(),
+        host_network=st.booleans(),
+        host_pid=st.booleans(),
+        network=st.booleans(),
+        mounts=st.lists(st.builds(Mount, text, text, st.booleans()), max_size=3).map(tuple),
+        read_only_root=st.booleans(),
+        user=st.none() | text,
+    ),
+    owner=st.none() | text,
 )
 
 
@@ -88,6 +111,23 @@ def test_old_spec_rows_read_with_defaults() -> None:
     assert codec.spec_from_json('{"command": ["true"]}') == TaskSpec(command=("true",))
     old = '{"command": ["true"], "resources": {"millicpu": 5, "memory": 6, "gpu": 7}}'
     assert codec.spec_from_json(old) == TaskSpec(command=("true",), resources=Resources(5, 6, 7))
+
+
+def test_host_access_and_owner_are_stored_only_when_set() -> None:
+    plain = orjson.loads(codec.spec_to_json(TaskSpec(command=("true",))))
+    asking = TaskSpec(command=("true",), host=HostAccess(network=True, mounts=(Mount("/a", "/b"),)), owner="key:k")
+
+    assert "host" not in plain and "owner" not in plain
+    assert orjson.loads(codec.spec_to_json(asking))["host"] == {
+        "network": True,
+        "mounts": [{"source": "/a", "target": "/b", "read_only": True}],
+    }
+
+
+def test_the_default_tenant_policy_is_stored_as_null() -> None:
+    assert codec.policy_to_json(TenantPolicy()) is None
+    assert codec.policy_from_json(None) == TenantPolicy()
+    assert codec.policy_from_json('{"allow_network": true}') == TenantPolicy(allow_network=True)
 
 
 def test_extended_resources_are_stored_only_when_present() -> None:
@@ -112,6 +152,7 @@ tenants = st.builds(
     priority_min=st.integers(-1000, 0),
     priority_max=st.integers(0, 1000),
     borrowing=st.booleans(),
+    policy=st.builds(TenantPolicy, st.booleans(), st.booleans(), st.booleans(), st.booleans(), st.booleans()),
     created_at=aware,
     updated_at=aware,
 )
@@ -148,3 +189,32 @@ reservations = st.builds(
 def test_reservations_round_trip_through_rows(reservation: Reservation) -> None:
     row = codec.reservation_row(reservation, reservation.seq)
     assert codec.reservation_from_row([row[name] for name in codec.RESERVATION_FIELDS]) == reservation
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63) | st.floats(allow_nan=False) | text,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3),
+    max_leaves=8,
+)
+audit_entries = st.builds(
+    AuditEntry,
+    at=aware,
+    request_id=text,
+    principal=text,
+    tenant=st.none() | text,
+    action=text,
+    resource=text,
+    outcome=text,
+    status=st.none() | st.integers(100, 599),
+    source=text,
+    detail=st.dictionaries(text, json_values | aware, max_size=4),
+)
+
+
+@given(st.lists(audit_entries, min_size=1, max_size=4))
+def test_audit_records_read_back_verify(entries: list[AuditEntry]) -> None:
+    written = compute_chain(0, "0" * 64, entries)
+    read = [codec.audit_from_row([codec.audit_row(r)[name] for name in codec.AUDIT_FIELDS]) for r in written]
+
+    assert [r.hash for r in read] == [r.hash for r in written]
+    assert verify_chain(read, None) == (len(entries), None)

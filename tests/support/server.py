@@ -29,6 +29,7 @@ class ServerProcess:
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir / "server.log"
+        self.token: str | None = None  # the platform-admin key the first start left in the data dir
 
     @property
     def url(self) -> str:
@@ -65,6 +66,8 @@ class ServerProcess:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_path.read_text()[-4000:]}")
             try:
                 if httpx.get(self.url + "/readyz", timeout=1.0).status_code == 200:
+                    token_file = self.data_dir / "admin.token"
+                    self.token = token_file.read_text().strip() if token_file.exists() else None
                     return
             except httpx.HTTPError:
                 pass
@@ -88,5 +91,12 @@ class ServerProcess:
             self.proc.wait(5)
         self.proc = None
 
-    def client(self, timeout: float = 30.0) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=timeout)
+    @property
+    def headers(self) -> dict[str, str]:
+        """The platform-admin ``Authorization`` header (empty when the server runs without auth)."""
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def client(self, timeout: float = 30.0, token: str | None = None) -> httpx.Client:
+        """A client authenticated with ``token`` (default: the platform-admin key)."""
+        headers = {"Authorization": f"Bearer {token}"} if token else self.headers
+        return httpx.Client(base_url=self.url, timeout=timeout, headers=headers)

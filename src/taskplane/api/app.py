@@ -7,6 +7,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from starlette.routing import BaseRoute, Route
 
 from taskplane import __version__
 from taskplane.api import metrics
@@ -51,23 +53,21 @@ def create_app(platform: Platform, config: ApiConfig, *, manage_lifespan: bool =
     app.state.platform = platform
     app.state.metrics = metrics.build_registry(platform)
     install_error_handlers(app)
-    app.include_router(tasks.router)
-    app.include_router(resources.router)
-    app.include_router(admin.router)
-    app.include_router(security.router)
-    app.include_router(audit.router)
-    app.include_router(system.router)
-    app.include_router(metrics.router)
-    # HEAD shares its GET's rule (Starlette adds it to GET routes of its own).
-    served = [
-        (m, str(getattr(route, "path", ""))) for route in app.routes for m in getattr(route, "methods", None) or ()
-    ]
-    check_routes([(m, path) for m, path in served if m != "HEAD"])
+    routers = [tasks.router, resources.router, admin.router, security.router, audit.router, system.router]
+    for router in [*routers, metrics.router]:
+        app.include_router(router)
+    # The routes as the security gate matches them: the routers' own (FastAPI includes routers lazily, so
+    # app.routes holds wrappers) and the app's (/openapi.json). Each must have a rule; HEAD shares its GET's.
+    routes: list[BaseRoute] = [r for router in [*routers, metrics.router] for r in router.routes]
+    routes += [r for r in app.routes if isinstance(r, Route)]
+    check_routes(
+        [(m, r.path) for r in routes if isinstance(r, Route | APIRoute) for m in r.methods or () if m != "HEAD"]
+    )
     app.add_middleware(BodyLimitMiddleware, limit=config.max_body_bytes, batch_limit=config.max_batch_body_bytes)
     # Added last, so it runs first: nothing (not even the body limit) answers an unauthenticated caller.
     app.add_middleware(
         SecurityMiddleware,
-        routes=app.routes,
+        routes=routes,
         auth=platform.auth,
         audit=platform.audit,
         now=platform.clock.now,

@@ -220,10 +220,10 @@ class SecurityService:
         now = self._clock.now()
         audit = caller.entry(now, "tokens.revoke", f"tokens/{key.id}", _tenant_of(key.tenant))
         revoked = await self._store.revoke_api_key(key.id, now, audit)
-        caller.audited = True
         self._auth.forget_key(key.id)
-        if revoked is None:
+        if revoked is None:  # deleted meanwhile: nothing was written, the gate records the 404
             raise NotFoundError(f"API key {key_id} not found", code="token_not_found")
+        caller.audited = True
         return token_out(revoked, now)
 
     # --------------------------------------------------------------------------------------- roles

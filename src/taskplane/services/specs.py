@@ -2,10 +2,15 @@
 
 The API and the CLI get the same messages because both go through here. Two steps:
 
-    TaskSubmit --build_spec--> TaskSpec (form: types, sizes, names)   422 invalid_field / 413
-               --resolve_access(directory)--> TaskSpec with its pool  404 tenant/pool/reservation_not_found,
-                                                                      422 priority_not_allowed
-    tasks per tenant --check_pending_limits(directory)-->             429 pending_limit
+    TaskSubmit --build_spec--> TaskSpec (form: types, sizes, names, paths)   422 invalid_field / 413
+               --resolve_access(directory)--> TaskSpec with its pool         404 tenant/pool/reservation_not_found,
+                                                                             403 policy_forbidden,
+                                                                             422 priority_not_allowed
+    tasks per tenant --check_pending_limits(directory)-->                    429 pending_limit
+
+A spec must not escape its tenant: host access (privileged, host network or PID namespace, host mounts, any
+network) needs the tenant's ``TenantPolicy``, paths cannot climb out with ``..``, and ``TASKPLANE_*`` env keys
+stay the platform's.
 
 ``directory`` is what the engine knows now (tenants, pools, live reservations, counts). A request larger than
 every node of its pool is accepted: the scheduler parks it with reason ``never_fits``.
@@ -27,18 +32,20 @@ from taskplane.domain import quantities as q
 from taskplane.domain.pool import DEFAULT_POOL, Pool
 from taskplane.domain.reservation import Reservation
 from taskplane.domain.resources import Resources, extended_of
-from taskplane.domain.task import FailureClass, RetryPolicy, TaskSpec, Timeouts
+from taskplane.domain.task import NO_HOST_ACCESS, FailureClass, HostAccess, Mount, RetryPolicy, TaskSpec, Timeouts
 from taskplane.domain.tenant import Tenant
 from taskplane.errors import (
+    ForbiddenError,
     InvalidRequestError,
     LimitExceededError,
     NotFoundError,
     PayloadTooLargeError,
     UnschedulableError,
 )
-from taskplane.wire import ResourcesIn, TaskSubmit
+from taskplane.wire import ContainerIn, ResourcesIn, TaskSubmit
 
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+RESERVED_ENV_PREFIX = "TASKPLANE_"  # the platform's own variables (TASKPLANE_TASK_ID, ...): a task cannot forge them
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,62})$")
 # The same rule as pool configuration (``config.NodeGroupSettings``), e.g. ``example.com/fpga``.
 _EXTENDED_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,126}[A-Za-z0-9])?$")
@@ -122,6 +129,12 @@ def _env(sub: TaskSubmit, limits: SpecLimits) -> dict[str, str]:
                 code="invalid_field",
                 field="env",
             )
+        if key.startswith(RESERVED_ENV_PREFIX):
+            raise InvalidRequestError(
+                f"env key {key[:64]!r} is reserved: {RESERVED_ENV_PREFIX}* variables are set by the platform",
+                code="invalid_field",
+                field="env",
+            )
         _no_nul(value, f"env.{key}")
         size += len(key.encode()) + len(value.encode()) + 2
     if size > limits.max_env_bytes:
@@ -143,6 +156,52 @@ def _workdir(sub: TaskSubmit) -> str | None:
             field="workdir",
         )
     return "/".join(parts) or None
+
+
+def _absolute_path(path: str, field: str) -> str:
+    """``path`` normalised (no empty or ``.`` segments); it must be absolute, without ``..`` or NUL."""
+    _no_nul(path, field)
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if not path.startswith("/") or ".." in parts:
+        raise InvalidRequestError(f"{field} must be an absolute path without '..'", code="invalid_field", field=field)
+    return "/" + "/".join(parts)
+
+
+def _mounts(container: ContainerIn) -> tuple[Mount, ...]:
+    mounts: list[Mount] = []
+    targets: set[str] = set()
+    for i, given in enumerate(container.mounts):
+        field = f"container.mounts[{i}]"
+        source = _absolute_path(given.source, f"{field}.source")
+        target = _absolute_path(given.target, f"{field}.target")
+        if target == "/":
+            raise InvalidRequestError(
+                f"{field}.target must not be '/' (the container's root)", code="invalid_field", field=f"{field}.target"
+            )
+        if target in targets:
+            raise InvalidRequestError(
+                f"{field}.target {target!r} is mounted twice", code="invalid_field", field=f"{field}.target"
+            )
+        targets.add(target)
+        mounts.append(Mount(source, target, given.read_only))
+    return tuple(mounts)
+
+
+def _host(sub: TaskSubmit) -> HostAccess:
+    container = sub.container
+    if container is None:
+        return NO_HOST_ACCESS
+    if sub.image is None:
+        raise InvalidRequestError("container options need an image", code="invalid_field", field="container")
+    return HostAccess(
+        privileged=container.privileged,
+        host_network=container.host_network,
+        host_pid=container.host_pid,
+        network=container.network,
+        mounts=_mounts(container),
+        read_only_root=container.read_only_root,
+        user=container.user,
+    )
 
 
 def _labels(sub: TaskSubmit) -> dict[str, str]:
@@ -296,6 +355,7 @@ def build_spec(sub: TaskSubmit, limits: SpecLimits, now: datetime) -> TaskSpec:
         node_selector=_node_selector(sub),
         reservation=None if sub.reservation is None else check_name(sub.reservation, "reservation"),
         simulated_duration=None if simulated is None else q.parse_duration(simulated, field="simulated_duration"),
+        host=_host(sub),
     )
 
 
@@ -338,6 +398,24 @@ def check_priority(tenant: Tenant, priority: int) -> None:
         )
 
 
+def check_policy(tenant: Tenant, host: HostAccess) -> None:
+    """403 ``policy_forbidden`` naming the first host access the tenant's policy does not allow."""
+    refused = tenant.policy.refusal(
+        privileged=host.privileged,
+        host_network=host.host_network,
+        host_pid=host.host_pid,
+        host_mounts=bool(host.mounts),
+        network=host.network,
+    )
+    if refused is not None:
+        raise ForbiddenError(
+            f"tenant {tenant.name}'s policy does not allow container.{refused}",
+            code="policy_forbidden",
+            field=f"container.{refused}",
+            tenant=tenant.name,
+        )
+
+
 def check_fits(spec: TaskSpec, pool: Pool, reservation: Reservation | None) -> None:
     """422 ``unschedulable`` when the request can never fit.
 
@@ -373,9 +451,11 @@ def resolve_access(spec: TaskSpec, pool: str | None, directory: Directory) -> Ta
     """Check that the spec's tenant may submit it; return it with its pool resolved.
 
     ``pool`` is the pool the caller named, or ``None``: then the reservation's pool, else the tenant's default
-    pool. A tenant, pool or reservation the caller may not use is a 404 as if it did not exist.
+    pool. A tenant, pool or reservation the caller may not use is a 404 as if it did not exist; host access the
+    tenant's policy does not allow is a 403.
     """
     tenant = find_tenant(directory, spec.tenant)
+    check_policy(tenant, spec.host)
     if spec.reservation is not None:
         held = directory.reservation(spec.reservation)
         if held is None or held.tenant != tenant.name or (pool is not None and held.pool != pool):

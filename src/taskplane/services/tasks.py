@@ -12,6 +12,7 @@ from taskplane.domain.access import Resource, Verb
 from taskplane.domain.resources import Resources
 from taskplane.domain.task import Task, TaskState
 from taskplane.errors import (
+    ForbiddenError,
     InvalidRequestError,
     InvalidTransitionError,
     NotFoundError,
@@ -90,7 +91,7 @@ class TaskService:
                 )
             # A request larger than every node is accepted: the scheduler parks it with reason never_fits.
             spec = resolve_access(spec, sub.pool, self._engine)
-        except (InvalidRequestError, NotFoundError) as exc:
+        except (InvalidRequestError, NotFoundError, ForbiddenError) as exc:
             if index is not None:
                 exc.detail = f"tasks[{index}]: {exc.detail}"
                 exc.args = (exc.detail,)

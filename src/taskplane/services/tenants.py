@@ -19,6 +19,7 @@ from taskplane.domain.access import Resource, Verb
 from taskplane.domain.pool import Pool
 from taskplane.domain.resources import Resources
 from taskplane.domain.tenant import (
+    DEFAULT_POLICY,
     DEFAULT_TENANT,
     PRIORITY_MAX,
     PRIORITY_MIN,
@@ -26,6 +27,7 @@ from taskplane.domain.tenant import (
     UNLIMITED,
     Quota,
     Tenant,
+    TenantPolicy,
     default_tenant,
 )
 from taskplane.errors import ConflictError, InvalidRequestError, NotFoundError
@@ -33,7 +35,7 @@ from taskplane.services.access import Caller
 from taskplane.services.ports import AdminStore, Clock
 from taskplane.services.specs import naming
 from taskplane.services.views import resources_out, tenant_out
-from taskplane.wire import QuotaIn, TenantCreate, TenantList, TenantOut, TenantStatusOut, TenantUpdate
+from taskplane.wire import PolicyIn, QuotaIn, TenantCreate, TenantList, TenantOut, TenantStatusOut, TenantUpdate
 
 MAX_WEIGHT = 1000.0
 MAX_TASK_LIMIT = 100_000_000  # max_running / max_pending
@@ -110,6 +112,12 @@ def _quota(base: Quota, patch: QuotaIn) -> Quota:
     return Quota(**values)
 
 
+def _policy(base: TenantPolicy, patch: PolicyIn) -> TenantPolicy:
+    # Member by member, like the quota: a member left out keeps its value, ``null`` turns it off.
+    changes = {name: bool(getattr(patch, name)) for name in patch.model_fields_set}
+    return replace(base, **changes)
+
+
 def _weight(value: float | None) -> float:
     if value is None:
         return 1.0
@@ -140,6 +148,8 @@ def apply_tenant_fields(base: Tenant, patch: TenantCreate | TenantUpdate, pools:
         changes["priority_min"], changes["priority_max"] = low, high
     if "borrowing" in sent:
         changes["borrowing"] = True if patch.borrowing is None else patch.borrowing
+    if "policy" in sent:
+        changes["policy"] = DEFAULT_POLICY if patch.policy is None else _policy(base.policy, patch.policy)
     return replace(base, **changes)  # type: ignore[arg-type]
 
 

@@ -7,13 +7,16 @@ from datetime import datetime
 from taskplane.domain.quantities import format_bytes, format_millicpu
 from taskplane.domain.reservation import Reservation
 from taskplane.domain.resources import Resources
-from taskplane.domain.task import Attempt, PendingReason, Task
-from taskplane.domain.tenant import Tenant
+from taskplane.domain.task import NO_HOST_ACCESS, Attempt, HostAccess, PendingReason, Task
+from taskplane.domain.tenant import Tenant, TenantPolicy
 from taskplane.services.ports import TaskEvent
 from taskplane.wire import (
     AttemptOut,
+    ContainerOut,
     EventOut,
+    MountOut,
     PendingReasonOut,
+    PolicyOut,
     PriorityRangeOut,
     QuotaOut,
     ReservationOut,
@@ -76,6 +79,32 @@ def event_out(e: TaskEvent) -> EventOut:
     )
 
 
+def container_out(host: HostAccess) -> ContainerOut | None:
+    """The container options of a task; ``None`` when it asked for none."""
+    if host == NO_HOST_ACCESS:
+        return None
+    return ContainerOut(
+        privileged=host.privileged,
+        host_network=host.host_network,
+        host_pid=host.host_pid,
+        network=host.network,
+        mounts=[MountOut(source=m.source, target=m.target, read_only=m.read_only) for m in host.mounts],
+        read_only_root=host.read_only_root,
+        user=host.user,
+    )
+
+
+def policy_out(policy: TenantPolicy) -> PolicyOut:
+    """The wire form of a tenant's host-access policy."""
+    return PolicyOut(
+        allow_privileged=policy.allow_privileged,
+        allow_host_network=policy.allow_host_network,
+        allow_host_pid=policy.allow_host_pid,
+        allow_host_mounts=policy.allow_host_mounts,
+        allow_network=policy.allow_network,
+    )
+
+
 def task_out(
     task: Task,
     attempts: list[Attempt] | None = None,
@@ -127,6 +156,8 @@ def task_out(
         reservation=spec.reservation,
         simulated_duration=spec.simulated_duration,
         cancel_requested=task.cancel_requested,
+        owner=spec.owner,
+        container=container_out(spec.host),
         attempts=None if attempts is None else [attempt_out(a) for a in attempts],
     )
 
@@ -149,6 +180,7 @@ def tenant_out(tenant: Tenant, *, implicit: bool = False, status: TenantStatusOu
         pools=None if tenant.pools is None else list(tenant.pools),
         priority_range=PriorityRangeOut(min=tenant.priority_min, max=tenant.priority_max),
         borrowing=tenant.borrowing,
+        policy=policy_out(tenant.policy),
         implicit=implicit,
         created_at=tenant.created_at,
         updated_at=tenant.updated_at,

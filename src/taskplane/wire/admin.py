@@ -4,8 +4,8 @@ Quota quantities take the task forms (``"4"``, ``"500m"``, ``"16Gi"``); ``null``
 names are checked in ``services.tenants`` so every refusal names its field with a stable code.
 
 Updates follow JSON merge patch (RFC 7396): a member left out keeps its value, a member set to ``null`` goes
-back to its default (unlimited quota, every pool, the full priority range, weight 1, borrowing on), and
-``quota`` and ``priority_range`` merge member by member.
+back to its default (unlimited quota, every pool, the full priority range, weight 1, borrowing on, a policy
+allowing no host access), and ``quota``, ``priority_range`` and ``policy`` merge member by member.
 """
 
 from __future__ import annotations
@@ -41,6 +41,18 @@ class PriorityRangeIn(BaseModel):
     max: StrictInt | None = None
 
 
+class PolicyIn(BaseModel):
+    """What the tenant's container tasks may ask of the host; a missing or ``null`` member is ``false``."""
+
+    model_config = _IN
+
+    allow_privileged: StrictBool | None = None
+    allow_host_network: StrictBool | None = None
+    allow_host_pid: StrictBool | None = None
+    allow_host_mounts: StrictBool | None = None
+    allow_network: StrictBool | None = Field(default=None, description="containers get no network without it")
+
+
 class TenantCreate(BaseModel):
     """A tenant to create."""
 
@@ -52,6 +64,7 @@ class TenantCreate(BaseModel):
     pools: list[StrictStr] | None = Field(default=None, description="allowed pools; null = every pool")
     priority_range: PriorityRangeIn | None = None
     borrowing: StrictBool = Field(default=True, description="may use idle capacity beyond its quota")
+    policy: PolicyIn | None = Field(default=None, description="host access of container tasks; default: none")
 
 
 class TenantUpdate(BaseModel):
@@ -64,6 +77,7 @@ class TenantUpdate(BaseModel):
     pools: list[StrictStr] | None = None
     priority_range: PriorityRangeIn | None = None
     borrowing: StrictBool | None = None
+    policy: PolicyIn | None = None
 
 
 class QuotaOut(BaseModel):
@@ -89,6 +103,18 @@ class PriorityRangeOut(BaseModel):
     max: int
 
 
+class PolicyOut(BaseModel):
+    """What the tenant's container tasks may ask of the host."""
+
+    model_config = _OUT
+
+    allow_privileged: bool
+    allow_host_network: bool
+    allow_host_pid: bool
+    allow_host_mounts: bool
+    allow_network: bool
+
+
 class TenantStatusOut(BaseModel):
     """What a tenant holds now: tasks, the resources of its running tasks and held reservations."""
 
@@ -111,6 +137,7 @@ class TenantOut(BaseModel):
     pools: list[str] | None = None
     priority_range: PriorityRangeOut
     borrowing: bool
+    policy: PolicyOut
     implicit: bool = False
     created_at: datetime | None = None
     updated_at: datetime | None = None

@@ -2,7 +2,8 @@
 
 Input models forbid unknown fields and use strict types (``true`` is not an integer). Quantities accept the
 Kubernetes forms (``"500m"``, ``"256Mi"``) or plain numbers; durations accept seconds or ``"30s"``/``"5m"``.
-Semantic checks (ranges, sizes, fit) happen in ``services`` so the CLI and API give the same messages.
+Semantic checks (ranges, sizes, fit, paths, the tenant's host-access policy) happen in ``services`` so the CLI
+and API give the same messages. ``owner`` is output only: the server sets it from the authenticated caller.
 """
 
 from __future__ import annotations
@@ -40,6 +41,37 @@ class TimeoutsIn(BaseModel):
     queue: Duration | None = None
     run: Duration | None = None
     deadline: AwareDatetime | None = None
+
+
+MAX_MOUNTS = 32
+# A numeric uid, optionally with a gid ("1000", "1000:1000"), or a short POSIX user name ("nobody").
+USER_PATTERN = r"^([0-9]{1,10}(:[0-9]{1,10})?|[a-z_][a-z0-9_-]{0,31})$"
+
+
+class MountIn(BaseModel):
+    """A host path mounted into the container; needs the tenant's ``allow_host_mounts``."""
+
+    model_config = _IN
+
+    source: StrictStr = Field(description="absolute path on the host")
+    target: StrictStr = Field(description="absolute path in the container, not '/'")
+    read_only: StrictBool = True
+
+
+class ContainerIn(BaseModel):
+    """What a container task asks of its host (needs ``image``). Each capability needs the tenant's policy."""
+
+    model_config = _IN
+
+    privileged: StrictBool = False
+    host_network: StrictBool = False
+    host_pid: StrictBool = False
+    network: StrictBool = Field(default=False, description="any network at all; off: no network")
+    mounts: list[MountIn] = Field(default_factory=list, max_length=MAX_MOUNTS)
+    read_only_root: StrictBool = False
+    user: StrictStr | None = Field(
+        default=None, pattern=USER_PATTERN, description="uid, 'uid:gid' or a user name; default: the image's"
+    )
 
 
 FailureClassName = Literal["user", "infra", "timeout", "preempted"]
@@ -80,6 +112,7 @@ class TaskSubmit(BaseModel):
     node_selector: dict[StrictStr, StrictStr] = Field(default_factory=dict, description="node labels required")
     reservation: StrictStr | None = Field(default=None, description="run inside this reservation")
     simulated_duration: Duration | None = Field(default=None, description="run time on the simulated executor")
+    container: ContainerIn | None = Field(default=None, description="host access of a container task")
 
 
 class BatchSubmit(BaseModel):
@@ -101,6 +134,30 @@ class ResourcesOut(BaseModel):
     millicpu: int
     memory_bytes: int
     extended: dict[str, int] = Field(default_factory=dict)
+
+
+class MountOut(BaseModel):
+    """A host path mounted into the container."""
+
+    model_config = _OUT
+
+    source: str
+    target: str
+    read_only: bool
+
+
+class ContainerOut(BaseModel):
+    """The container options a task was submitted with."""
+
+    model_config = _OUT
+
+    privileged: bool = False
+    host_network: bool = False
+    host_pid: bool = False
+    network: bool = False
+    mounts: list[MountOut] = Field(default_factory=list)
+    read_only_root: bool = False
+    user: str | None = None
 
 
 class PendingReasonOut(BaseModel):
@@ -185,6 +242,8 @@ class TaskOut(BaseModel):
     reservation: str | None = None
     simulated_duration: float | None = None
     cancel_requested: bool = False
+    owner: str | None = Field(default=None, description="who submitted it (set by the server)")
+    container: ContainerOut | None = Field(default=None, description="null: no container options")
     attempts: list[AttemptOut] | None = None
 
 

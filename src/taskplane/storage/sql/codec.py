@@ -3,23 +3,34 @@
 The spec is stored whole as JSON (``tasks.spec``); tenant, priority, name, pool and the requested
 millicpu/memory/gpu are copied into columns only to filter, sort and add up on. Decoding tolerates missing keys
 (taking the dataclass defaults), so fields added to the spec later read old rows without a data migration.
+Fields added since (``host``, ``owner``) are written only when they differ from their defaults.
+
+An audit record's ``detail`` is written with the standard library's ``json`` and the options of
+``domain.audit.canonical`` (``default=str``), not orjson: what is read back must hash exactly as what was
+hashed, and orjson renders some values (datetimes) differently from ``str``.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import orjson
 
+from taskplane.domain.access import ApiKey, Role, RoleBinding, StoredRole
+from taskplane.domain.audit import AuditEntry, AuditRecord
 from taskplane.domain.reservation import Reservation, ReservationState
 from taskplane.domain.resources import Resources, extended_of
 from taskplane.domain.task import (
+    NO_HOST_ACCESS,
     Attempt,
     AttemptState,
     FailureClass,
+    HostAccess,
+    Mount,
     PendingReason,
     RetryPolicy,
     Task,
@@ -27,7 +38,7 @@ from taskplane.domain.task import (
     TaskState,
     Timeouts,
 )
-from taskplane.domain.tenant import Quota, Tenant
+from taskplane.domain.tenant import DEFAULT_POLICY, Quota, Tenant, TenantPolicy
 from taskplane.services.ports import TaskEvent
 from taskplane.storage.sql.tables import from_micros, to_micros
 
@@ -91,6 +102,7 @@ TENANT_FIELDS: tuple[str, ...] = (
     "borrowing",
     "created_at",
     "updated_at",
+    "policy",
 )
 """Columns of ``tenants`` that ``tenant_from_row`` reads, in this order."""
 
@@ -113,6 +125,44 @@ RESERVATION_FIELDS: tuple[str, ...] = (
     "message",
 )
 """Columns of ``reservations`` that ``reservation_from_row`` reads, in this order."""
+
+API_KEY_FIELDS: tuple[str, ...] = (
+    "id",
+    "secret_hash",
+    "owner",
+    "tenant",
+    "roles",
+    "created_at",
+    "created_by",
+    "expires_at",
+    "revoked_at",
+    "last_used_at",
+    "description",
+)
+"""Columns of ``api_keys`` that ``api_key_from_row`` reads, in this order (the ``ApiKey`` field order)."""
+
+ROLE_FIELDS: tuple[str, ...] = ("name", "rules", "description", "created_at", "created_by")
+"""Columns of ``roles`` that ``role_from_row`` reads, in this order."""
+
+BINDING_FIELDS: tuple[str, ...] = ("id", "subject", "tenant", "role", "created_at", "created_by")
+"""Columns of ``role_bindings`` that ``binding_from_row`` reads, in this order (the ``RoleBinding`` field order)."""
+
+AUDIT_FIELDS: tuple[str, ...] = (
+    "seq",
+    "at",
+    "request_id",
+    "principal",
+    "tenant",
+    "action",
+    "resource",
+    "outcome",
+    "status",
+    "source",
+    "detail",
+    "prev_hash",
+    "hash",
+)
+"""Columns of ``audit_log`` that ``audit_from_row`` reads, in this order."""
 
 
 # ----------------------------------------------------------------------------------------- datetimes
@@ -161,6 +211,10 @@ def spec_to_json(spec: TaskSpec) -> str:
         "reservation": spec.reservation,
         "simulated_duration": spec.simulated_duration,
     }
+    if spec.host != NO_HOST_ACCESS:
+        doc["host"] = _host_to_doc(spec.host)
+    if spec.owner is not None:
+        doc["owner"] = spec.owner
     return orjson.dumps(doc, option=_DUMPS_OPTIONS).decode()
 
 
@@ -170,6 +224,7 @@ def spec_from_json(text: str | bytes) -> TaskSpec:
     res = doc.get("resources") or {}
     timeouts = doc.get("timeouts") or {}
     retry = doc.get("retry")
+    host = doc.get("host")
     queue, run, deadline = timeouts.get("queue"), timeouts.get("run"), timeouts.get("deadline")
     return TaskSpec(
         command=tuple(doc["command"]),
@@ -190,6 +245,33 @@ def spec_from_json(text: str | bytes) -> TaskSpec:
         node_selector=doc.get("node_selector") or {},
         reservation=doc.get("reservation"),
         simulated_duration=doc.get("simulated_duration"),
+        host=_host_from_doc(host) if host else NO_HOST_ACCESS,
+        owner=doc.get("owner"),
+    )
+
+
+def _host_to_doc(host: HostAccess) -> dict[str, Any]:
+    # Only what differs from the defaults: most tasks ask for nothing, the rest for one or two things.
+    doc: dict[str, Any] = {}
+    for name in ("privileged", "host_network", "host_pid", "network", "read_only_root"):
+        if getattr(host, name):
+            doc[name] = True
+    if host.user is not None:
+        doc["user"] = host.user
+    if host.mounts:
+        doc["mounts"] = [{"source": m.source, "target": m.target, "read_only": m.read_only} for m in host.mounts]
+    return doc
+
+
+def _host_from_doc(doc: Mapping[str, Any]) -> HostAccess:
+    return HostAccess(
+        privileged=doc.get("privileged", False),
+        host_network=doc.get("host_network", False),
+        host_pid=doc.get("host_pid", False),
+        network=doc.get("network", False),
+        mounts=tuple(Mount(m["source"], m["target"], m.get("read_only", True)) for m in doc.get("mounts", ())),
+        read_only_root=doc.get("read_only_root", False),
+        user=doc.get("user"),
     )
 
 
@@ -490,6 +572,7 @@ def tenant_row(tenant: Tenant) -> dict[str, Any]:
         "borrowing": tenant.borrowing,
         "created_at": tenant.created_at,
         "updated_at": tenant.updated_at,
+        "policy": policy_to_json(tenant.policy),
     }
 
 
@@ -506,7 +589,26 @@ def tenant_from_row(row: Sequence[Any]) -> Tenant:
         borrowing=bool(row[10]),
         created_at=row[11],
         updated_at=row[12],
+        policy=policy_from_json(row[13]),
     )
+
+
+_POLICY_FIELDS = ("allow_privileged", "allow_host_network", "allow_host_pid", "allow_host_mounts", "allow_network")
+
+
+def policy_to_json(policy: TenantPolicy) -> str | None:
+    """The JSON text of a tenant's host-access policy; ``None`` for the default one."""
+    if policy == DEFAULT_POLICY:
+        return None
+    return orjson.dumps({name: getattr(policy, name) for name in _POLICY_FIELDS}).decode()
+
+
+def policy_from_json(text: str | bytes | None) -> TenantPolicy:
+    """The ``TenantPolicy`` of JSON written by ``policy_to_json``; missing fields (and ``None``) are defaults."""
+    if text is None:
+        return DEFAULT_POLICY
+    doc: dict[str, Any] = orjson.loads(text)
+    return TenantPolicy(**{name: bool(doc[name]) for name in _POLICY_FIELDS if name in doc})
 
 
 # -------------------------------------------------------------------------------------- reservations
@@ -564,3 +666,124 @@ def reservation_from_row(row: Sequence[Any]) -> Reservation:
         nodes=tuple(orjson.loads(row[14])),
         message=row[15],
     )
+
+
+# ------------------------------------------------------------------------------------------ api keys
+
+
+def api_key_row(key: ApiKey) -> dict[str, Any]:
+    """The full ``api_keys`` row of a key."""
+    return {
+        "id": key.id,
+        "secret_hash": key.secret_hash,
+        "owner": key.owner,
+        "tenant": key.tenant,
+        "roles": roles_to_json(key.roles),
+        "created_at": key.created_at,
+        "created_by": key.created_by,
+        "expires_at": key.expires_at,
+        "revoked_at": key.revoked_at,
+        "last_used_at": key.last_used_at,
+        "description": key.description,
+    }
+
+
+def roles_to_json(names: Sequence[str]) -> str:
+    """The JSON text of a key's role names, in their order."""
+    return orjson.dumps(list(names)).decode()
+
+
+def roles_from_json(text: str | bytes) -> tuple[str, ...]:
+    """The role names of JSON written by ``roles_to_json``."""
+    return tuple(orjson.loads(text))
+
+
+def api_key_from_row(row: Sequence[Any]) -> ApiKey:
+    """An ``ApiKey`` from a row of the ``API_KEY_FIELDS`` columns."""
+    return ApiKey(
+        id=row[0],
+        secret_hash=row[1],
+        owner=row[2],
+        tenant=row[3],
+        roles=roles_from_json(row[4]),
+        created_at=row[5],
+        created_by=row[6],
+        expires_at=row[7],
+        revoked_at=row[8],
+        last_used_at=row[9],
+        description=row[10],
+    )
+
+
+# --------------------------------------------------------------------------------- roles and bindings
+
+
+def role_row(stored: StoredRole) -> dict[str, Any]:
+    """The full ``roles`` row of a custom role; its rules as a sorted list of ``[verb, resource]`` pairs."""
+    role = stored.role
+    return {
+        "name": role.name,
+        "rules": orjson.dumps(sorted([verb, resource] for verb, resource in role.rules)).decode(),
+        "description": role.description,
+        "created_at": stored.created_at,
+        "created_by": stored.created_by,
+    }
+
+
+def role_from_row(row: Sequence[Any]) -> StoredRole:
+    """A ``StoredRole`` from a row of the ``ROLE_FIELDS`` columns."""
+    rules = frozenset((str(verb), str(resource)) for verb, resource in orjson.loads(row[1]))
+    return StoredRole(Role(name=row[0], rules=rules, description=row[2]), created_at=row[3], created_by=row[4])
+
+
+def binding_row(binding: RoleBinding) -> dict[str, Any]:
+    """The full ``role_bindings`` row of a binding."""
+    return {name: getattr(binding, name) for name in BINDING_FIELDS}
+
+
+def binding_from_row(row: Sequence[Any]) -> RoleBinding:
+    """A ``RoleBinding`` from a row of the ``BINDING_FIELDS`` columns."""
+    return RoleBinding(id=row[0], subject=row[1], tenant=row[2], role=row[3], created_at=row[4], created_by=row[5])
+
+
+# --------------------------------------------------------------------------------------------- audit
+
+
+def audit_row(record: AuditRecord) -> dict[str, Any]:
+    """The full ``audit_log`` row of a chained record."""
+    entry = record.entry
+    return {
+        "seq": record.seq,
+        "at": entry.at,
+        "request_id": entry.request_id,
+        "principal": entry.principal,
+        "tenant": entry.tenant,
+        "action": entry.action,
+        "resource": entry.resource,
+        "outcome": entry.outcome,
+        "status": entry.status,
+        "source": entry.source,
+        # The options of domain.audit.canonical: the detail read back hashes as the one written (see above).
+        "detail": json.dumps(
+            dict(entry.detail), sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+        ),
+        "prev_hash": record.prev_hash,
+        "hash": record.hash,
+    }
+
+
+def audit_from_row(row: Sequence[Any]) -> AuditRecord:
+    """An ``AuditRecord`` from a row of the ``AUDIT_FIELDS`` columns."""
+    entry = AuditEntry(
+        at=row[1],
+        request_id=row[2],
+        principal=row[3],
+        tenant=row[4],
+        action=row[5],
+        resource=row[6],
+        outcome=row[7],
+        status=row[8],
+        source=row[9],
+        detail=json.loads(row[10]),
+    )
+    return AuditRecord(seq=row[0], entry=entry, prev_hash=row[11], hash=row[12])

@@ -14,7 +14,19 @@ when the select finds the winner. ``tasks.seq`` comes from a counter row in ``me
 select; on PostgreSQL the counter's row lock is held until commit, so seqs are handed out in commit order.
 ``reservations.seq`` comes from its own counter row the same way.
 
-The same class is the ``AdminStore`` (tenants, reservations, usage): one database, one set of threads.
+The same class is the ``AdminStore`` (tenants, reservations, usage; SQL in ``admin.py``) and the
+``SecurityStore`` (API keys, custom roles, bindings, the audit chain; SQL in ``security.py``): one database, one
+set of threads.
+
+Audit in the same transaction. A mutation given the audit entry of its request (``create_tasks``' ``audit``,
+``ChangeSet.audit``, the ``audit`` of the admin and security mutations) chains it with
+``security.append_audit`` as the last statement of its own transaction: the change and its record commit
+together, or neither does (an ``IdempotencyConflictError``, a ``tenant_not_empty`` delete, a taken name write no
+record). The audit head's row lock is thus the last lock taken and the shortest held. A create that lost an
+idempotency race rolls back with its record and retries whole, so the committed try writes the record once; a
+create answered entirely by idempotent replays still writes it (the request was answered).
+
+    async method --> worker thread --> BEGIN; the mutation's rows; append_audit (head lock); COMMIT
 """
 
 from __future__ import annotations
@@ -23,7 +35,7 @@ import asyncio
 import base64
 import binascii
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime
@@ -34,6 +46,8 @@ from sqlalchemy import Connection, Engine, bindparam, exists, func, literal, sel
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import ColumnElement
 
+from taskplane.domain.access import ApiKey, RoleBinding, StoredRole
+from taskplane.domain.audit import AuditEntry, AuditRecord, Checkpoint
 from taskplane.domain.reservation import Reservation
 from taskplane.domain.task import TERMINAL_STATES, Attempt, AttemptState, Task, TaskState
 from taskplane.domain.tenant import Tenant
@@ -46,16 +60,18 @@ from taskplane.errors import (
 )
 from taskplane.services.ports import (
     AdminStore,
+    AuditFilter,
     ChangeSet,
     Created,
     NewTask,
     Page,
+    SecurityStore,
     TaskEvent,
     TaskFilter,
     TaskStore,
     UsageRow,
 )
-from taskplane.storage.sql import admin, codec
+from taskplane.storage.sql import admin, codec, security
 from taskplane.storage.sql.engine import WRITE_OPTION, create_sql_engine, is_sqlite, parse_database_url
 from taskplane.storage.sql.errors import translated
 from taskplane.storage.sql.tables import (
@@ -154,6 +170,7 @@ class SqlTaskStore:
             self._snapshot_engine = engine.execution_options(isolation_level="REPEATABLE READ")
         self._sql = _Statements()
         self._admin = admin.AdminStatements()
+        self._security = security.SecurityStatements()
         self._closed = False
 
     @property
@@ -172,9 +189,16 @@ class SqlTaskStore:
         """Run ``body`` in one read transaction on a reader thread."""
         return await self._call(self._reader, partial(self._in_transaction, self._engine, action, body))
 
-    async def _write(self, action: str, body: Callable[[Connection], T]) -> T:
-        """Run ``body`` in one write transaction on the writer thread(s)."""
+    async def _write(self, action: str, body: Callable[[Connection], T], audit: AuditEntry | None = None) -> T:
+        """Run ``body`` in one write transaction on the writer thread(s); then chain ``audit``, last, in it."""
+        if audit is not None:
+            body = partial(self._audited, body, [audit])
         return await self._call(self._writer, partial(self._in_transaction, self._write_engine, action, body))
+
+    def _audited(self, body: Callable[[Connection], T], entries: list[AuditEntry], conn: Connection) -> T:
+        result = body(conn)
+        security.append_audit(conn, self._security, entries)
+        return result
 
     @staticmethod
     def _in_transaction(engine: Engine, action: str, body: Callable[[Connection], T]) -> T:
@@ -183,25 +207,32 @@ class SqlTaskStore:
 
     # ------------------------------------------------------------------------------------- creating
 
-    async def create_tasks(self, new: Sequence[NewTask], events: Sequence[TaskEvent]) -> list[Created]:
-        """Insert tasks (all or nothing) with their events; see ``TaskStore.create_tasks``.
+    async def create_tasks(
+        self, new: Sequence[NewTask], events: Sequence[TaskEvent], audit: AuditEntry | None = None
+    ) -> list[Created]:
+        """Insert tasks (all or nothing) with their events and ``audit``; see ``TaskStore.create_tasks``.
 
         Results are in input order. A key repeated within the batch maps to its first task (``created=False``)
         or raises ``IdempotencyConflictError`` when the request hashes differ. At most ``MAX_BATCH`` tasks.
+        ``audit`` is chained in the same transaction, also when every task was an idempotent replay.
         """
         if len(new) > MAX_BATCH:
             raise InvalidRequestError(f"at most {MAX_BATCH} tasks per batch, got {len(new)}", code="batch_too_large")
-        if not new and not events:
+        if not new and not events and audit is None:
             return []
-        return await self._call(self._writer, partial(self._create_tasks, list(new), list(events)))
+        entries = [] if audit is None else [audit]
+        return await self._call(self._writer, partial(self._create_tasks, list(new), list(events), entries))
 
-    def _create_tasks(self, new: list[NewTask], events: list[TaskEvent]) -> list[Created]:
+    def _create_tasks(self, new: list[NewTask], events: list[TaskEvent], audit: list[AuditEntry]) -> list[Created]:
         keyed = any(n.task.idempotency_key is not None for n in new)
         with translated("create tasks"):
             for attempt in range(1, _CREATE_TRIES + 1):
                 try:
+                    # A try that fails rolls back with its audit record: only the committed one writes it.
                     with self._write_engine.begin() as conn:
-                        return self._create_in(conn, new, events)
+                        created = self._create_in(conn, new, events)
+                        security.append_audit(conn, self._security, audit)
+                        return created
                 except IntegrityError as exc:
                     # Lost a race on the idempotency index: the retry's select sees the winner. Without keys,
                     # or after the last try, it is a plain conflict (e.g. a task id that exists already).
@@ -278,7 +309,7 @@ class SqlTaskStore:
         """Write a change set in one transaction: task rows by id, attempts by (task_id, number), events.
 
         Reservations are upserted by id: a new one gets its ``seq``; of an id repeated in one change set, the
-        last row wins; ``seq`` and ``created_at`` of a stored one are kept.
+        last row wins; ``seq`` and ``created_at`` of a stored one are kept. ``changes.audit`` is chained last.
 
         Only lifecycle columns of a task are updated: its spec, labels, idempotency key, ``created_at`` and
         ``seq`` are written once. Raises ``NotFoundError`` (and writes nothing) when a task or attempt to
@@ -293,6 +324,7 @@ class SqlTaskStore:
             list(changes.attempts),
             list(changes.events),
             list(changes.reservations),
+            list(changes.audit),
         )
         await self._call(self._writer, partial(self._apply, snapshot))
 
@@ -322,6 +354,8 @@ class SqlTaskStore:
                 conn.execute(sql.insert_event, event_rows)
             if reservation_list:
                 admin.upsert_reservations(conn, self._admin, reservation_list)
+            # Last: the audit head's lock is taken after every row lock above (see the module docstring).
+            security.append_audit(conn, self._security, changes.audit)
 
     # -------------------------------------------------------------------------------------- reading
 
@@ -370,6 +404,8 @@ class SqlTaskStore:
             conditions.append(tasks.c.state.in_(sorted(s.value for s in filt.states)))
         if filt.tenant is not None:
             conditions.append(tasks.c.tenant == filt.tenant)
+        if filt.tenants is not None:
+            conditions.append(tasks.c.tenant.in_(sorted(filt.tenants)))
         if filt.created_after is not None:
             conditions.append(tasks.c.created_at >= filt.created_after)
         if filt.created_before is not None:
@@ -415,8 +451,8 @@ class SqlTaskStore:
         """One tenant, or ``None``."""
         return await self._read("get a tenant", lambda conn: admin.get_tenant(conn, self._admin, name))
 
-    async def create_tenant(self, tenant: Tenant) -> Tenant:
-        """Insert a tenant and return it as stored.
+    async def create_tenant(self, tenant: Tenant, audit: AuditEntry | None = None) -> Tenant:
+        """Insert a tenant (and chain ``audit``) and return it as stored.
 
         ``created_at`` and ``updated_at`` must be set (services own the clock), else ``InvalidRequestError``
         (``missing_timestamp``). ``ConflictError`` (``tenant_exists``) when the name is taken.
@@ -425,35 +461,35 @@ class SqlTaskStore:
             raise InvalidRequestError(
                 f"tenant {tenant.name!r}: created_at and updated_at are required", code="missing_timestamp"
             )
-        return await self._write("create a tenant", lambda conn: admin.create_tenant(conn, self._admin, tenant))
+        return await self._write("create a tenant", lambda conn: admin.create_tenant(conn, self._admin, tenant), audit)
 
-    async def update_tenant(self, tenant: Tenant) -> Tenant:
-        """Replace the stored tenant of ``tenant.name`` and return it as stored.
+    async def update_tenant(self, tenant: Tenant, audit: AuditEntry | None = None) -> Tenant:
+        """Replace the stored tenant of ``tenant.name`` (and chain ``audit``) and return it as stored.
 
         ``created_at`` is kept from the stored row (written once); ``updated_at`` must be set, else
         ``InvalidRequestError`` (``missing_timestamp``). ``NotFoundError`` (``tenant_not_found``) when missing.
         """
         if tenant.updated_at is None:
             raise InvalidRequestError(f"tenant {tenant.name!r}: updated_at is required", code="missing_timestamp")
-        return await self._write("update a tenant", lambda conn: admin.update_tenant(conn, self._admin, tenant))
+        return await self._write("update a tenant", lambda conn: admin.update_tenant(conn, self._admin, tenant), audit)
 
-    async def delete_tenant(self, name: str) -> None:
-        """Delete a tenant, checking in the same transaction that it is idle.
+    async def delete_tenant(self, name: str, audit: AuditEntry | None = None) -> None:
+        """Delete a tenant (and chain ``audit``), checking in the same transaction that it is idle.
 
         ``ConflictError`` (``tenant_not_empty``) while it has a task that is not terminal or a pending or
         active reservation; ``NotFoundError`` (``tenant_not_found``) when there is no such tenant.
         """
-        await self._write("delete a tenant", lambda conn: admin.delete_tenant(conn, self._admin, name))
+        await self._write("delete a tenant", lambda conn: admin.delete_tenant(conn, self._admin, name), audit)
 
     # ---------------------------------------------------------------------------------- reservations
 
-    async def create_reservation(self, reservation: Reservation) -> Reservation:
-        """Insert a new reservation; the returned row carries its ``seq``.
+    async def create_reservation(self, reservation: Reservation, audit: AuditEntry | None = None) -> Reservation:
+        """Insert a new reservation (and chain ``audit``); the returned row carries its ``seq``.
 
         ``ConflictError`` (``reservation_exists``) when the id is taken.
         """
         return await self._write(
-            "create a reservation", lambda conn: admin.create_reservation(conn, self._admin, reservation)
+            "create a reservation", lambda conn: admin.create_reservation(conn, self._admin, reservation), audit
         )
 
     async def get_reservation(self, reservation_id: str) -> Reservation | None:
@@ -481,6 +517,136 @@ class SqlTaskStore:
         if start_us >= end_us:
             raise InvalidRequestError("the usage window must end after it starts", code="invalid_window")
         return await self._read("compute usage", lambda conn: admin.usage(conn, self._admin, start_us, end_us))
+
+    # -------------------------------------------------------------------------------------- api keys
+
+    async def create_api_key(self, key: ApiKey, audit: AuditEntry | None = None) -> ApiKey:
+        """Insert a key (and chain ``audit``).
+
+        ``ConflictError`` (``token_exists``) when the id is taken; ``NotFoundError`` (``role_not_found``) when
+        one of its roles is neither built in nor stored.
+        """
+        return await self._write(
+            "create an API key", lambda conn: security.create_api_key(conn, self._security, key), audit
+        )
+
+    async def get_api_key(self, key_id: str) -> ApiKey | None:
+        """One key (revoked and expired ones included), or ``None``."""
+        return await self._read("get an API key", lambda conn: security.get_api_key(conn, self._security, key_id))
+
+    async def list_api_keys(self, tenants: frozenset[str] | None = None) -> list[ApiKey]:
+        """Keys, oldest first; only those whose tenant is in ``tenants`` when given."""
+        return await self._read("list API keys", lambda conn: security.list_api_keys(conn, self._security, tenants))
+
+    async def revoke_api_key(self, key_id: str, at: datetime, audit: AuditEntry | None = None) -> ApiKey | None:
+        """Set ``revoked_at`` (the first one is kept) and return the row; ``None`` when there is no such key.
+
+        ``audit`` is chained when the key exists (also when it was revoked already); ``None`` records nothing.
+        """
+        return await self._write(
+            "revoke an API key", partial(self._revoke_api_key, key_id, at, [] if audit is None else [audit])
+        )
+
+    def _revoke_api_key(self, key_id: str, at: datetime, audit: list[AuditEntry], conn: Connection) -> ApiKey | None:
+        key = security.revoke_api_key(conn, self._security, key_id, at)
+        if key is not None:
+            security.append_audit(conn, self._security, audit)
+        return key
+
+    async def touch_api_keys(self, used: Mapping[str, datetime]) -> None:
+        """Move keys' ``last_used_at`` forward (never back); unknown ids are ignored. Not audited."""
+        if not used:
+            return
+        snapshot = dict(used)
+        await self._write("record API key use", lambda conn: security.touch_api_keys(conn, self._security, snapshot))
+
+    async def has_api_keys(self) -> bool:
+        """True once any key was created (keys are revoked, never deleted)."""
+        return await self._read("look for API keys", lambda conn: security.has_api_keys(conn, self._security))
+
+    # ----------------------------------------------------------------------------------------- roles
+
+    async def create_role(self, role: StoredRole, audit: AuditEntry | None = None) -> StoredRole:
+        """Insert a custom role (and chain ``audit``); ``ConflictError`` (``role_exists``) when the name is taken."""
+        return await self._write("create a role", lambda conn: security.create_role(conn, self._security, role), audit)
+
+    async def get_role(self, name: str) -> StoredRole | None:
+        """One custom role, or ``None``."""
+        return await self._read("get a role", lambda conn: security.get_role(conn, self._security, name))
+
+    async def list_roles(self) -> list[StoredRole]:
+        """Every custom role, by name."""
+        return await self._read("list roles", lambda conn: security.list_roles(conn, self._security))
+
+    async def delete_role(self, name: str, audit: AuditEntry | None = None) -> None:
+        """Delete a custom role (and chain ``audit``), checking its users in the same transaction.
+
+        ``NotFoundError`` (``role_not_found``) when missing; ``ConflictError`` (``role_in_use``) while a binding
+        or a key that is not revoked names it.
+        """
+        await self._write("delete a role", lambda conn: security.delete_role(conn, self._security, name), audit)
+
+    # -------------------------------------------------------------------------------------- bindings
+
+    async def create_binding(self, binding: RoleBinding, audit: AuditEntry | None = None) -> RoleBinding:
+        """Insert a binding (and chain ``audit``).
+
+        ``ConflictError`` (``binding_exists``) when ``(subject, tenant, role)`` is bound already (or the id is
+        taken); ``NotFoundError`` (``role_not_found``) when the role is neither built in nor stored.
+        """
+        return await self._write(
+            "create a role binding", lambda conn: security.create_binding(conn, self._security, binding), audit
+        )
+
+    async def list_bindings(
+        self, subject: str | None = None, tenants: frozenset[str] | None = None
+    ) -> list[RoleBinding]:
+        """Bindings, oldest first, of ``subject`` and in ``tenants`` when given."""
+        return await self._read(
+            "list role bindings", lambda conn: security.list_bindings(conn, self._security, subject, tenants)
+        )
+
+    async def delete_binding(self, binding_id: str, audit: AuditEntry | None = None) -> RoleBinding | None:
+        """Delete and return the row; ``None`` when there is no such binding.
+
+        ``audit`` is chained when a row was deleted; ``None`` records nothing.
+        """
+        return await self._write(
+            "delete a role binding", partial(self._delete_binding, binding_id, [] if audit is None else [audit])
+        )
+
+    def _delete_binding(self, binding_id: str, audit: list[AuditEntry], conn: Connection) -> RoleBinding | None:
+        binding = security.delete_binding(conn, self._security, binding_id)
+        if binding is not None:
+            security.append_audit(conn, self._security, audit)
+        return binding
+
+    # ----------------------------------------------------------------------------------------- audit
+
+    async def append_audit(self, entries: Sequence[AuditEntry]) -> list[AuditRecord]:
+        """Chain ``entries`` in a transaction of their own (requests that changed nothing, denials)."""
+        if not entries:
+            return []
+        snapshot = list(entries)
+        return await self._write(
+            "append audit records", lambda conn: security.append_audit(conn, self._security, snapshot)
+        )
+
+    async def list_audit(self, filt: AuditFilter, limit: int, after_seq: int = 0) -> list[AuditRecord]:
+        """Records with ``seq > after_seq`` matching ``filt``, oldest first, ``limit`` at most.
+
+        See ``security.list_audit`` for the filter's meaning. Records commit in seq order, so paging by the
+        last seq seen never skips one. ``InvalidRequestError`` (``invalid_limit``) unless ``limit >= 1``.
+        """
+        if limit < 1:
+            raise InvalidRequestError(f"limit must be at least 1, got {limit}", code="invalid_limit")
+        return await self._read(
+            "list audit records", lambda conn: security.list_audit(conn, self._security, filt, limit, after_seq)
+        )
+
+    async def audit_head(self) -> Checkpoint | None:
+        """The last record's ``(seq, hash)`` as stored beside the chain; ``None`` before the first record."""
+        return await self._read("read the audit head", lambda conn: security.read_audit_head(conn, self._security))
 
     # ---------------------------------------------------------------------------------- server facts
 
@@ -571,4 +737,7 @@ if TYPE_CHECKING:
         return store  # mypy checks that SqlTaskStore matches the TaskStore protocol
 
     def _implements_the_admin_port(store: SqlTaskStore) -> AdminStore:
+        return store
+
+    def _implements_the_security_port(store: SqlTaskStore) -> SecurityStore:
         return store

@@ -6,10 +6,23 @@ SQLite and PostgreSQL. Structured values (the task spec, pending reasons, event 
     tasks 1---* task_labels      labels of a task, for label filters
     tasks 1---* attempts         one row per run, key (task_id, number)
     tasks 1---* task_events      the outbox, ordered by seq
-    tenants                      quotas, weights, allowed pools and priorities (by name; tasks.tenant refers to it
-                                 without a foreign key: the implicit ``default`` tenant has no row)
+    tenants                      quotas, weights, allowed pools and priorities, host-access policy (by name;
+                                 tasks.tenant refers to it without a foreign key: the implicit ``default`` tenant
+                                 has no row)
     reservations                 capacity held for a tenant, ordered by seq
     meta                         counters (task_seq, reservation_seq, epoch) and schema facts
+
+    api_keys                     keys by id: a hash of the secret, owner, tenant, roles (JSON names)
+    roles                        custom roles by name (built-in ones are code, never rows)
+    role_bindings                (subject, tenant, role), unique; role names a built-in or a ``roles`` row
+    audit_log                    the hash chain, by seq (handed out by the appender, not the database)
+    audit_head                   one row: the chain's head (seq, hash), moved in every appending transaction;
+                                 its row lock serializes appenders
+
+Keys, bindings and roles refer to each other by name without foreign keys (built-in roles have no row); the
+store checks references inside its transactions (``storage/sql/security.py``). ``audit_head`` is a table of its
+own rather than rows of ``meta`` because the head's hash is text; its one row exists from the migration on
+(seq 0 and the genesis hash: no record yet), so appenders always have a row to lock.
 """
 
 from __future__ import annotations
@@ -20,6 +33,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     Dialect,
     Float,
@@ -181,6 +195,7 @@ tenants = Table(
     Column("borrowing", Boolean, nullable=False),
     Column("created_at", UtcMicros, nullable=False),
     Column("updated_at", UtcMicros, nullable=False),
+    Column("policy", Text, nullable=True),  # JSON of the TenantPolicy fields; NULL = the default policy
 )
 
 reservations = Table(
@@ -207,6 +222,81 @@ reservations = Table(
     Index("ix_reservations_tenant_seq", "tenant", "seq"),
 )
 
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("secret_hash", String, nullable=False),
+    Column("owner", String, nullable=False),
+    Column("tenant", String, nullable=False),  # "*" for a platform-wide key
+    Column("roles", Text, nullable=False),  # JSON list of role names
+    Column("created_at", UtcMicros, nullable=False),
+    Column("created_by", String, nullable=False),
+    Column("expires_at", UtcMicros, nullable=True),
+    Column("revoked_at", UtcMicros, nullable=True),
+    Column("last_used_at", UtcMicros, nullable=True),
+    Column("description", Text, nullable=False),
+    Index("ix_api_keys_tenant", "tenant"),
+)
+
+roles = Table(
+    "roles",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("rules", Text, nullable=False),  # JSON list of [verb, resource] pairs
+    Column("description", Text, nullable=False),
+    Column("created_at", UtcMicros, nullable=False),
+    Column("created_by", String, nullable=False),
+)
+
+role_bindings = Table(
+    "role_bindings",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("subject", String, nullable=False),
+    Column("tenant", String, nullable=False),  # "*": every tenant and the platform
+    Column("role", String(64), nullable=False),
+    Column("created_at", UtcMicros, nullable=False),
+    Column("created_by", String, nullable=False),
+    UniqueConstraint("subject", "tenant", "role", name="uq_role_bindings_subject_tenant_role"),
+    Index("ix_role_bindings_subject", "subject"),
+    Index("ix_role_bindings_tenant", "tenant"),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    # Assigned by the appender from audit_head, never by the database: the chain hashes it.
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("at", UtcMicros, nullable=False),
+    Column("request_id", String, nullable=False),
+    Column("principal", String, nullable=False),
+    Column("tenant", String, nullable=True),  # NULL: a platform-level record
+    Column("action", String, nullable=False),
+    Column("resource", Text, nullable=False),
+    Column("outcome", String(32), nullable=False),
+    Column("status", Integer, nullable=True),
+    Column("source", String, nullable=False),
+    Column("detail", Text, nullable=False),  # JSON object
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Index("ix_audit_log_tenant_seq", "tenant", "seq"),
+    Index("ix_audit_log_request_id", "request_id"),
+    Index("ix_audit_log_principal_seq", "principal", "seq"),
+)
+
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, nullable=False),  # 0 before the first record
+    Column("hash", String(64), nullable=False),
+    CheckConstraint("id = 1", name="ck_audit_head_single_row"),
+)
+
+AUDIT_HEAD_ID = 1
+"""The id of the one ``audit_head`` row."""
+
 meta = Table(
     "meta",
     metadata,
@@ -224,4 +314,4 @@ META_EPOCH = "epoch"
 """The server epoch, a fencing token bumped by every server start."""
 
 META_SCHEMA_GENERATION = "schema_generation"
-"""The schema generation the data was written with (1 = migration 0001, 2 = migration 0002)."""
+"""The schema generation the data was written with (the number of the migration that last changed it)."""
