@@ -105,6 +105,19 @@ class SecurityStatements:
         self.insert_audit = audit_log.insert()
         # Without .values(): the SET clause is the names of the parameter dict (seq, hash).
         self.move_audit_head = update(audit_head).where(audit_head.c.id == AUDIT_HEAD_ID)
+        # Moves the head only from the expected (seq, hash): a guess that is right saves the locking read.
+        self.advance_audit_head = (
+            update(audit_head)
+            .where(
+                audit_head.c.id == AUDIT_HEAD_ID,
+                audit_head.c.seq == bindparam("old_seq"),
+                audit_head.c.hash == bindparam("old_hash"),
+            )
+            .values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
+        )
+        # The head this process last wrote: a guess only (another writer, or a rolled-back commit, makes it
+        # stale, and the conditional update above then falls back to the locking read).
+        self.head_guess: tuple[int, str] | None = None
 
 
 # ------------------------------------------------------------------------------------------ api keys
@@ -266,14 +279,25 @@ def append_audit(conn: Connection, sql: SecurityStatements, entries: Sequence[Au
     """Chain ``entries`` after the head and move the head. Call it last in its transaction (module docstring)."""
     if not entries:
         return []
-    head = conn.execute(sql.lock_audit_head).first()
-    if head is None:
-        # Migration 0003 writes the row and nothing deletes it: without it the chain cannot be trusted.
-        raise InternalError("the audit_head row is missing: the audit chain cannot be extended")
-    records = compute_chain(int(head.seq), head.hash, entries)
+    records: list[AuditRecord] | None = None
+    guess = sql.head_guess
+    if guess is not None:
+        records = compute_chain(guess[0], guess[1], entries)
+        moved = conn.execute(
+            sql.advance_audit_head,
+            {"old_seq": guess[0], "old_hash": guess[1], "new_seq": records[-1].seq, "new_hash": records[-1].hash},
+        ).rowcount
+        if moved != 1:
+            records = None
+    if records is None:
+        head = conn.execute(sql.lock_audit_head).first()
+        if head is None:
+            # Migration 0003 writes the row and nothing deletes it: without it the chain cannot be trusted.
+            raise InternalError("the audit_head row is missing: the audit chain cannot be extended")
+        records = compute_chain(int(head.seq), head.hash, entries)
+        conn.execute(sql.move_audit_head, {"seq": records[-1].seq, "hash": records[-1].hash})
     conn.execute(sql.insert_audit, [codec.audit_row(r) for r in records])
-    last = records[-1]
-    conn.execute(sql.move_audit_head, {"seq": last.seq, "hash": last.hash})
+    sql.head_guess = (records[-1].seq, records[-1].hash)
     return records
 
 
