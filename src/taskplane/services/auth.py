@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import hmac
 import json
 import logging
@@ -103,7 +102,7 @@ def new_pepper() -> bytes:
 
 def hash_secret(pepper: bytes, secret: str) -> str:
     """The stored form of a key's secret."""
-    return hmac.new(pepper, secret.encode(), hashlib.sha256).hexdigest()
+    return hmac.digest(pepper, secret.encode(), "sha256").hex()
 
 
 def parse_key(token: str) -> tuple[str, str] | None:
