@@ -131,3 +131,37 @@ def test_kill9_keeps_tenants_reservations_and_quotas(tmp_path, backend_url):
         live += delta
         peak = max(peak, live)
     assert peak == 1, "the tenant's quota held across the restart: one task at a time outside the reservation"
+
+
+def test_kill9_keeps_keys_revocations_roles_bindings_and_their_audit_records(tmp_path, backend_url):
+    data = tmp_path / "data"
+    with running_server(data, backend_url, node_cpu="2", node_memory="4Gi") as server, server.client() as admin:
+        assert admin.post("/platform/admin/tenants", json={"name": "team"}).status_code == 201
+        made = admin.post("/platform/admin/tokens", json={"owner": "ci", "tenant": "team", "roles": ["submitter"]})
+        assert made.status_code == 201, made.text
+        kept, kept_id = made.json()["token"], made.json()["id"]
+        doomed = admin.post("/platform/admin/tokens", json={"owner": "old", "tenant": "team", "roles": ["viewer"]})
+        doomed_token, doomed_id = doomed.json()["token"], doomed.json()["id"]
+        assert admin.delete(f"/platform/admin/tokens/{doomed_id}").status_code == 200
+        role = {"name": "reader", "rules": [{"verbs": ["get", "list"], "resources": ["tasks"]}]}
+        assert admin.post("/platform/admin/roles", json=role).status_code == 201
+        bound = admin.post(
+            "/platform/admin/rolebindings", json={"subject": "oidc:alice", "tenant": "team", "role": "reader"}
+        )
+        assert bound.status_code == 201, bound.text
+        acknowledged = [r.headers["x-request-id"] for r in (made, doomed, bound)]
+
+        server.kill9()
+        server.start()
+
+        with server.client(token=kept) as ci, server.client(token=doomed_token) as old:
+            assert ci.post("/platform/tasks", json={"command": ["true"]}).status_code == 201
+            assert old.get("/platform/tasks").status_code == 401
+        assert admin.get(f"/platform/admin/tokens/{kept_id}").json()["state"] == "active"
+        assert admin.get(f"/platform/admin/tokens/{doomed_id}").json()["state"] == "revoked"
+        assert admin.get("/platform/admin/roles/reader").status_code == 200
+        subjects = [b["subject"] for b in admin.get("/platform/admin/rolebindings").json()["items"]]
+        assert subjects == ["oidc:alice"]
+        for request_id in acknowledged:
+            records = admin.get("/platform/audit", params={"request_id": request_id}).json()["items"]
+            assert len(records) == 1, (request_id, records)
