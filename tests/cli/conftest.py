@@ -18,9 +18,14 @@ def api() -> FakeApi:
 
 
 @pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("TASKPLANE_URL", "TASKPLANE_TOKEN", "TASKPLANE_CONFIG", "TASKPLANE_DATA_DIR", "TASKPLANE_PORT"):
-        monkeypatch.delenv(name, raising=False)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    names = ("URL", "TOKEN", "CONFIG", "CLIENT_CONFIG", "DATA_DIR", "PORT", "INSECURE_NO_AUTH", "TLS_CERT", "TLS_KEY")
+    for name in names:
+        monkeypatch.delenv(f"TASKPLANE_{name}", raising=False)
+    # No test may find the real ~/.config/taskplane/client.toml or a real server's admin.token.
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))
 
 
 @pytest.fixture
@@ -35,7 +40,7 @@ def run(api: FakeApi) -> Callable[..., Result]:
 
     app = create_app(make_client, make_async_client)
 
-    def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
-        return CliRunner().invoke(app, list(args), env={"COLUMNS": "200", **(env or {})})
+    def invoke(*args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> Result:
+        return CliRunner().invoke(app, list(args), env={"COLUMNS": "200", **(env or {})}, input=stdin)
 
     return invoke

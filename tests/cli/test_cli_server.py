@@ -45,6 +45,42 @@ def test_server_flags_become_settings(run: Run, served: list[Settings], tmp_path
     assert settings.log_level == "debug"
 
 
+def test_security_flags_become_settings(run: Run, served: list[Settings], tmp_path: Path) -> None:
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    cert.write_text("cert")
+    key.write_text("key")
+
+    result = run("server", "--insecure-no-auth", "--tls-cert", str(cert), "--tls-key", str(key))
+
+    assert result.exit_code == 0, result.output
+    (settings,) = served
+    assert (settings.insecure_no_auth, settings.tls_cert, settings.tls_key) == (True, cert, key)
+
+
+def test_auth_stays_on_unless_asked(run: Run, served: list[Settings]) -> None:
+    assert run("server").exit_code == 0
+    assert run("server", env={"TASKPLANE_INSECURE_NO_AUTH": "true"}).exit_code == 0
+    assert [s.insecure_no_auth for s in served] == [False, True]  # no flag: the environment decides
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--tls-cert", "{cert}"], "tls_cert and tls_key go together"), (["--tls-key", "{missing}"], "--tls-key")],
+)
+def test_bad_tls_flags_are_usage_errors(
+    run: Run, served: list[Settings], tmp_path: Path, args: list[str], message: str
+) -> None:
+    cert = tmp_path / "tls.crt"
+    cert.write_text("cert")
+    given = [a.format(cert=cert, missing=tmp_path / "missing.key") for a in args]
+
+    result = run("server", *given)
+
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert served == []
+
+
 def test_flags_win_over_the_config_file(run: Run, served: list[Settings], tmp_path: Path) -> None:
     config = tmp_path / "taskplane.toml"
     config.write_text('port = 7000\nhost = "10.0.0.1"\nmax_batch = 10\n')

@@ -13,6 +13,10 @@ def api() -> FakeApi:
 
 
 @pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("TASKPLANE_URL", raising=False)
-    monkeypatch.delenv("TASKPLANE_TOKEN", raising=False)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    for name in ("TASKPLANE_URL", "TASKPLANE_TOKEN", "TASKPLANE_CLIENT_CONFIG", "TASKPLANE_DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    # No test may find the real ~/.config/taskplane/client.toml or a real server's admin.token.
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))

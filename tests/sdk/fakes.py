@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 
+from taskplane.domain.audit import GENESIS_HASH, AuditEntry, AuditRecord, compute_chain
 from taskplane.wire import ReservationOut, ResourcesReport, TaskOut, TenantOut, UsageReport
+from taskplane.wire.security import AuditRecordOut, BindingOut, RoleOut, TokenCreated, TokenOut, WhoAmI
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -56,6 +59,13 @@ def tenant_json(name: str = "team-a", **overrides: Any) -> dict[str, Any]:
         "pools": ["default"],
         "priority_range": {"min": -10, "max": 10},
         "borrowing": True,
+        "policy": {
+            "allow_privileged": False,
+            "allow_host_network": False,
+            "allow_host_pid": False,
+            "allow_host_mounts": False,
+            "allow_network": False,
+        },
         "created_at": "2024-05-01T12:00:00Z",
         "updated_at": "2024-05-01T12:00:00Z",
         "status": {"pending": 3, "running": 1, "usage": resources_json(1, 1), "reservations": 0},
@@ -135,9 +145,120 @@ def usage_json() -> dict[str, Any]:
     return UsageReport.model_validate(body).model_dump(mode="json")
 
 
-def problem(status: int, code: str, detail: str, **members: Any) -> httpx.Response:
+def token_json(token_id: str = "0a1b2c3d4e5f", **overrides: Any) -> dict[str, Any]:
+    """A TokenOut as the server would send it; pass ``token=...`` for a TokenCreated."""
+    body: dict[str, Any] = {
+        "id": token_id,
+        "owner": "ci",
+        "tenant": "team-a",
+        "roles": ["developer"],
+        "created_at": "2024-05-01T12:00:00Z",
+        "created_by": "key:000000000000",
+        "expires_at": None,
+        "revoked_at": None,
+        "last_used_at": None,
+        "description": "",
+        "state": "active",
+    }
+    body.update(overrides)
+    model = TokenCreated if "token" in body else TokenOut
+    return model.model_validate(body).model_dump(mode="json")
+
+
+def role_json(name: str = "reader", **overrides: Any) -> dict[str, Any]:
+    """A RoleOut: a custom role that may get and list tasks and logs."""
+    pairs = [("get", "tasks"), ("list", "tasks"), ("get", "logs"), ("list", "logs")]
+    body: dict[str, Any] = {
+        "name": name,
+        "builtin": False,
+        "description": "read only",
+        "rules": [{"verb": verb, "resource": resource} for verb, resource in pairs],
+        "created_at": "2024-05-01T12:00:00Z",
+        "created_by": "key:000000000000",
+    }
+    body.update(overrides)
+    return RoleOut.model_validate(body).model_dump(mode="json")
+
+
+def binding_json(binding_id: str = "rb-1", **overrides: Any) -> dict[str, Any]:
+    """A BindingOut granting ``reader`` in ``team-a`` to an OIDC subject."""
+    body: dict[str, Any] = {
+        "id": binding_id,
+        "subject": "oidc:alice",
+        "tenant": "team-a",
+        "role": "reader",
+        "created_at": "2024-05-01T12:00:00Z",
+        "created_by": "key:000000000000",
+    }
+    body.update(overrides)
+    return BindingOut.model_validate(body).model_dump(mode="json")
+
+
+def whoami_json(**overrides: Any) -> dict[str, Any]:
+    """A WhoAmI of the platform-admin key."""
+    body: dict[str, Any] = {
+        "subject": "key:000000000000",
+        "kind": "key",
+        "name": "platform-admin",
+        "bindings": [{"tenant": "*", "role": "platform-admin"}, {"tenant": "team-a", "role": "developer"}],
+    }
+    body.update(overrides)
+    return WhoAmI.model_validate(body).model_dump(mode="json")
+
+
+def audit_chain(count: int = 5) -> list[AuditRecord]:
+    """A real hash chain of ``count`` records (``compute_chain`` from genesis), times with microseconds."""
+    start = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
+    entries = [
+        AuditEntry(
+            at=start + timedelta(seconds=i, microseconds=i),
+            request_id=f"req-{i}",
+            principal="key:0a1b2c3d4e5f" if i % 2 else "oidc:alice",
+            tenant=None if i == 0 else "team-a",
+            action="tasks.create" if i % 2 else "tokens.revoke",
+            resource=f"tasks/t-{i}",
+            outcome="success" if i % 3 else "denied",
+            status=201 if i % 3 else 403,
+            source="10.0.0.7",
+            detail={"n": i, "labels": {"team": "data"}, "note": "é"},
+        )
+        for i in range(count)
+    ]
+    return compute_chain(0, GENESIS_HASH, entries)
+
+
+def audit_json(record: AuditRecord) -> dict[str, Any]:
+    """An AuditRecordOut of a domain record, as ``/platform/audit`` sends it."""
+    entry = record.entry
+    body = {
+        "seq": record.seq,
+        "at": entry.at,
+        "request_id": entry.request_id,
+        "principal": entry.principal,
+        "tenant": entry.tenant,
+        "action": entry.action,
+        "resource": entry.resource,
+        "outcome": entry.outcome,
+        "status": entry.status,
+        "source": entry.source,
+        "detail": dict(entry.detail),
+        "prev_hash": record.prev_hash,
+        "hash": record.hash,
+    }
+    return AuditRecordOut.model_validate(body).model_dump(mode="json")
+
+
+def ndjson(records: list[AuditRecord]) -> bytes:
+    """An audit export: one JSON line per record."""
+    return b"".join(json.dumps(audit_json(r)).encode() + b"\n" for r in records)
+
+
+def problem(
+    status: int, code: str, detail: str, headers: dict[str, str] | None = None, **members: Any
+) -> httpx.Response:
     body = {"type": "about:blank", "title": code, "status": status, "detail": detail, "code": code, **members}
-    return httpx.Response(status, content=json.dumps(body), headers={"Content-Type": "application/problem+json"})
+    headers = {"Content-Type": "application/problem+json", **(headers or {})}
+    return httpx.Response(status, content=json.dumps(body), headers=headers)
 
 
 @dataclass

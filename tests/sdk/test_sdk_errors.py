@@ -7,6 +7,7 @@ import pytest
 
 from taskplane.errors import (
     ConflictError,
+    ForbiddenError,
     IdempotencyConflictError,
     InternalError,
     InvalidRequestError,
@@ -15,6 +16,7 @@ from taskplane.errors import (
     NotFoundError,
     PayloadTooLargeError,
     TaskplaneError,
+    UnauthenticatedError,
     UnavailableError,
     UnschedulableError,
 )
@@ -82,7 +84,8 @@ def test_field_errors_are_kept(api: FakeApi) -> None:
     ("status", "expected"),
     [
         (400, InvalidRequestError),
-        (401, InvalidRequestError),
+        (401, UnauthenticatedError),
+        (403, ForbiddenError),
         (404, NotFoundError),
         (409, ConflictError),
         (413, PayloadTooLargeError),

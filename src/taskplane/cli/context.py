@@ -1,6 +1,8 @@
-"""What every command gets from the root: where the server is, the output mode, and how to make clients.
+"""What every command gets from the root: where the server is, the token, the output mode, and how to make clients.
 
-The client factories are injected (``create_app``) so tests can point the CLI at an in-memory transport.
+``--url`` and ``--token`` (or ``$TASKPLANE_URL``, ``$TASKPLANE_TOKEN``) win; what they leave open comes from the
+client config file, then a local server's ``admin.token`` (``sdk.credentials``), read when a command first makes a
+client. The client factories are injected (``create_app``) so tests can point the CLI at an in-memory transport.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from typing import Annotated, Protocol
 
 import typer
 
-from taskplane.sdk import AsyncClient, Client
+from taskplane.sdk import AsyncClient, Client, credentials
+from taskplane.sdk.credentials import Credentials
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON (same as the global --json).")]
 
@@ -41,13 +44,19 @@ class CliContext:
     make_client: ClientFactory
     make_async_client: AsyncClientFactory
 
+    def credentials(self) -> Credentials:
+        """The server and token to use: the root options, else the client config, else a local admin key."""
+        return credentials.resolve(self.url, self.token)
+
     def client(self) -> Client:
         """Return a blocking client of the configured server."""
-        return self.make_client(self.url, token=self.token)
+        found = self.credentials()
+        return self.make_client(found.url, token=found.token)
 
     def async_client(self) -> AsyncClient:
         """Return an asyncio client of the configured server."""
-        return self.make_async_client(self.url, token=self.token)
+        found = self.credentials()
+        return self.make_async_client(found.url, token=found.token)
 
 
 def cli_context(ctx: typer.Context) -> CliContext:

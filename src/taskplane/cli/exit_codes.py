@@ -5,7 +5,8 @@ code    meaning
 ======  ==========================================================================================================
 0       success; for ``submit --wait`` and ``wait``: the task(s) succeeded
 1       the API refused or failed the request, or the server could not be reached; ``wait``: some task did not
-        succeed; ``submit --wait``: the task failed with no exit code (spawn error, lost node...)
+        succeed; ``submit --wait``: the task failed with no exit code (spawn error, lost node...); ``audit verify``:
+        the audit chain is broken
 2       bad usage: unknown flag, malformed value, missing argument
 N       ``submit --wait``: the task's command exited with code N (1-255)
 128+S   ``submit --wait``: the task's process was killed by signal S (the shell's convention)
@@ -25,6 +26,7 @@ OK = 0
 API_ERROR = 1
 USAGE = 2
 TASK_FAILED = 1
+CHAIN_BROKEN = 1
 TIMED_OUT = 124
 CANCELLED = 130
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import typer
@@ -96,6 +96,35 @@ def parse_rfc3339(value: str | None, flag: str) -> datetime | None:
             f"{value!r} is not an RFC 3339 time with a zone (example: 2024-05-01T12:00:00Z)", param_hint=f"'{flag}'"
         )
     return moment
+
+
+def parse_moment(value: str | None, flag: str, now: datetime) -> datetime | None:
+    """Parse a time: RFC 3339 with a zone, or a duration before ``now`` (``24h``: a day ago)."""
+    if value is None:
+        return None
+    try:
+        return now - timedelta(seconds=parse_duration(value, field=flag.lstrip("-")))
+    except InvalidRequestError:
+        pass
+    try:
+        return parse_rfc3339(value, flag)
+    except typer.BadParameter:
+        raise typer.BadParameter(
+            f"{value!r} is neither an RFC 3339 time with a zone (2024-05-01T12:00:00Z) nor a duration ago (24h)",
+            param_hint=f"'{flag}'",
+        ) from None
+
+
+def parse_rule(value: str, flag: str = "--rule") -> dict[str, list[str]]:
+    """Parse ``VERBS:RESOURCES`` (comma lists, ``*`` for all) into a rule: ``get,list:tasks,logs``."""
+    verbs_text, sep, resources_text = value.partition(":")
+    verbs = [verb.strip() for verb in verbs_text.split(",") if verb.strip()]
+    resources = [resource.strip() for resource in resources_text.split(",") if resource.strip()]
+    if not sep or not verbs or not resources:
+        raise typer.BadParameter(
+            f"{value!r} must look like VERBS:RESOURCES, e.g. get,list:tasks,logs", param_hint=f"'{flag}'"
+        )
+    return {"verbs": verbs, "resources": resources}
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 
     argv --> OneLineErrorsGroup.main --> root callback: --url --token --json  ->  CliContext (ctx.obj)
                     |                --> command: flags -> wire model -> sdk call -> render (rich or --json)
+                    |                    (CliContext fills in what --url/--token leave open: sdk.credentials)
                     +-- usage error (click)      -> "taskplane submit: error: ..."  exit 2
                     +-- API error (TaskplaneError) -> "taskplane: error: ... [code]"  exit 1
 
@@ -21,9 +22,21 @@ from typer.core import TyperGroup
 
 from taskplane import __version__
 from taskplane.cli import exit_codes, render
-from taskplane.cli.commands import platform, resources, server, simulate, tasks, tenants, wait
+from taskplane.cli.commands import (
+    audit,
+    login,
+    platform,
+    resources,
+    roles,
+    server,
+    simulate,
+    tasks,
+    tenants,
+    tokens,
+    wait,
+)
 from taskplane.cli.context import AsyncClientFactory, CliContext, ClientFactory
-from taskplane.errors import TaskplaneError
+from taskplane.errors import TaskplaneError, UnauthenticatedError
 from taskplane.sdk import AsyncClient, Client
 
 
@@ -46,6 +59,8 @@ def api_error_message(exc: TaskplaneError) -> str:
     message = f"taskplane: error: {_one_line(exc.detail)} [{exc.code}]"
     if isinstance(exc.__cause__, httpx.TransportError):
         message += " (is the server running? set --url or TASKPLANE_URL)"
+    elif isinstance(exc, UnauthenticatedError):
+        message += " (run 'taskplane login', or set --token or TASKPLANE_TOKEN)"
     return message
 
 
@@ -105,7 +120,10 @@ def create_app(
         url: Annotated[
             str | None, typer.Option(envvar="TASKPLANE_URL", help="Server URL (default http://127.0.0.1:8420).")
         ] = None,
-        token: Annotated[str | None, typer.Option(envvar="TASKPLANE_TOKEN", help="API token.")] = None,
+        token: Annotated[
+            str | None,
+            typer.Option(envvar="TASKPLANE_TOKEN", help="API token (default: the one 'taskplane login' saved)."),
+        ] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
         version: Annotated[
             bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version.")
@@ -134,6 +152,11 @@ def create_app(
     app.command("usage")(resources.usage)
     app.command("simulate")(simulate.simulate)
     app.add_typer(tenants.app, name="tenants")
+    app.command("login")(login.login)
+    app.command("whoami")(login.whoami)
+    app.add_typer(tokens.app, name="tokens")
+    app.add_typer(roles.app, name="roles")
+    app.add_typer(audit.app, name="audit")
     app.command("server")(server.server)
     app.add_typer(server.db_app, name="db")
     return app

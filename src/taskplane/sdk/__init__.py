@@ -6,8 +6,8 @@ raises ``UnavailableError``. ``wait`` raises ``WaitTimeoutError`` (a ``TimeoutEr
 """
 
 from taskplane.sdk.async_client import AsyncClient
-from taskplane.sdk.calls import DEFAULT_URL
 from taskplane.sdk.client import Client
+from taskplane.sdk.credentials import DEFAULT_URL
 from taskplane.sdk.polling import WaitTimeoutError
 
 __all__ = ["DEFAULT_URL", "AsyncClient", "Client", "WaitTimeoutError"]

@@ -5,15 +5,17 @@ from __future__ import annotations
 import builtins
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
-from datetime import datetime
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import httpx
 
-from taskplane.sdk import calls, polling
+from taskplane.sdk import calls, credentials, polling, security_calls
 from taskplane.sdk.calls import Call, LogStream, TaskInput
 from taskplane.sdk.problems import transport_errors
+from taskplane.sdk.security_calls import RuleInput
 from taskplane.wire import (
     BatchSubmitResult,
     CapacityOut,
@@ -28,6 +30,17 @@ from taskplane.wire import (
     TenantUpdate,
     UsageReport,
 )
+from taskplane.wire.security import (
+    AuditHead,
+    AuditPage,
+    AuditRecordOut,
+    BindingCreate,
+    BindingOut,
+    RoleOut,
+    TokenCreated,
+    TokenOut,
+    WhoAmI,
+)
 
 T = TypeVar("T")
 
@@ -35,10 +48,11 @@ T = TypeVar("T")
 class AsyncClient:
     """An asyncio client of a taskplane server; same methods and errors as ``Client``.
 
-    ``base_url`` defaults to ``$TASKPLANE_URL`` then ``http://127.0.0.1:8420``; ``token`` to
-    ``$TASKPLANE_TOKEN`` (sent as ``Authorization: Bearer``). ``timeout`` is per request, in seconds; long polls
-    get their own hold time on top and followed logs have no read timeout. Errors are ``taskplane.errors``
-    classes; an unreachable server raises ``UnavailableError``.
+    ``base_url`` defaults to ``$TASKPLANE_URL``, the client config's ``url``, then ``http://127.0.0.1:8420``;
+    ``token`` (sent as ``Authorization: Bearer``) to ``$TASKPLANE_TOKEN``, the client config's ``token``, then a
+    local server's ``admin.token`` (``credentials`` has the details). ``timeout`` is per request, in seconds; long
+    polls get their own hold time on top and streamed responses have no read timeout. Errors are
+    ``taskplane.errors`` classes; an unreachable server raises ``UnavailableError``.
 
         async with AsyncClient() as tp:
             task = await tp.submit(command=["python", "-c", "print(1)"], resources={"cpu": "500m"})
@@ -53,11 +67,12 @@ class AsyncClient:
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self._base_url = calls.resolve_base_url(base_url)
+        found = credentials.resolve(base_url, token)
+        self._base_url = found.url
         self._timeout = timeout
         self._http = httpx.AsyncClient(
             base_url=self._base_url,
-            headers=calls.default_headers(token),
+            headers=calls.default_headers(found.token),
             timeout=timeout,
             transport=transport,
         )
@@ -161,7 +176,13 @@ class AsyncClient:
 
         The request is sent when iteration starts; close the iterator to stop early.
         """
-        call = calls.follow_task_logs(task_id, stream, attempt, offset)
+        async with self._stream(calls.follow_task_logs(task_id, stream, attempt, offset)) as response:
+            async for chunk in response.aiter_bytes():
+                yield chunk
+
+    @asynccontextmanager
+    async def _stream(self, call: Call[None]) -> AsyncIterator[httpx.Response]:
+        """Send ``call`` and hand over its response unread once its status is checked; reading errors are mapped."""
         with transport_errors(self._base_url):
             response = await self._http.send(calls.build_request(self._http, call, self._timeout), stream=True)
         try:
@@ -169,8 +190,7 @@ class AsyncClient:
                 if not response.is_success:
                     await response.aread()
                 call.decode(response)
-                async for chunk in response.aiter_bytes():
-                    yield chunk
+                yield response
         finally:
             await response.aclose()
 
@@ -253,6 +273,132 @@ class AsyncClient:
     ) -> UsageReport:
         """Per tenant and pool over ``window`` (``"1h"``, ending now) or ``start``..``end``; default the last hour."""
         return await self._send(calls.usage(window, start, end))
+
+    # -- identity and API keys ------------------------------------------------------------------------------
+
+    async def whoami(self) -> WhoAmI:
+        """The caller as the server sees it: subject, kind, name and role bindings."""
+        return await self._send(security_calls.whoami())
+
+    async def create_token(
+        self,
+        owner: str,
+        roles: Iterable[str],
+        tenant: str | None = None,
+        expires_in: int | timedelta | None = None,
+        description: str = "",
+    ) -> TokenCreated:
+        """Mint an API key for ``owner`` with ``roles`` in ``tenant`` (``"*"``: platform-wide).
+
+        ``tenant`` defaults to the caller's only tenant; ``expires_in`` (seconds, at least 60) to never. The
+        returned ``token`` is the secret: it is in this response only.
+        """
+        seconds = int(expires_in.total_seconds()) if isinstance(expires_in, timedelta) else expires_in
+        return await self._send(
+            security_calls.create_token(security_calls.token_request(owner, roles, tenant, seconds, description))
+        )
+
+    async def list_tokens(self) -> builtins.list[TokenOut]:
+        """API keys of the tenants where the caller may list them, oldest first (never their secrets)."""
+        return (await self._send(security_calls.list_tokens())).items
+
+    async def get_token(self, token_id: str) -> TokenOut:
+        """One API key."""
+        return await self._send(security_calls.get_token(token_id))
+
+    async def revoke_token(self, token_id: str) -> TokenOut:
+        """Revoke an API key, effective at once; revoking a revoked key is fine."""
+        return await self._send(security_calls.revoke_token(token_id))
+
+    # -- roles and bindings ---------------------------------------------------------------------------------
+
+    async def list_roles(self) -> builtins.list[RoleOut]:
+        """Built-in roles, then custom ones, with their rules."""
+        return (await self._send(security_calls.list_roles())).items
+
+    async def get_role(self, name: str) -> RoleOut:
+        """One role."""
+        return await self._send(security_calls.get_role(name))
+
+    async def create_role(self, name: str, rules: Iterable[RuleInput], description: str = "") -> RoleOut:
+        """Define a custom role of verbs x resources; ``"*"`` is all of either.
+
+        await tp.create_role("reader", [{"verbs": ["get", "list"], "resources": ["tasks", "logs"]}])
+        """
+        return await self._send(security_calls.create_role(security_calls.role_request(name, rules, description)))
+
+    async def delete_role(self, name: str) -> None:
+        """Delete a custom role that no binding or live key uses (``ConflictError`` otherwise)."""
+        await self._send(security_calls.delete_role(name))
+
+    async def bind_role(self, subject: str, tenant: str, role: str) -> BindingOut:
+        """Grant ``role`` in ``tenant`` (``"*"``: everywhere) to ``subject`` (``oidc:<sub>`` or ``key:<id>``)."""
+        binding = calls.coerce(BindingCreate, {"subject": subject, "tenant": tenant, "role": role}, "binding")
+        return await self._send(security_calls.create_binding(binding))
+
+    async def list_bindings(self, subject: str | None = None) -> builtins.list[BindingOut]:
+        """Role bindings in the tenants where the caller may list them, optionally of one ``subject``."""
+        return (await self._send(security_calls.list_bindings(subject))).items
+
+    async def unbind_role(self, binding_id: str) -> None:
+        """Remove a role binding."""
+        await self._send(security_calls.delete_binding(binding_id))
+
+    # -- audit ----------------------------------------------------------------------------------------------
+
+    async def audit(
+        self,
+        tenant: str | None = None,
+        principal: str | None = None,
+        action: str | None = None,
+        outcome: str | None = None,
+        request_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> AuditPage:
+        """One page of audit records, oldest first; pass ``next_cursor`` back as ``after`` for the next page."""
+        filters = security_calls.audit_filters(tenant, principal, action, outcome, request_id, since, until)
+        return await self._send(security_calls.list_audit(filters, after, limit))
+
+    async def iter_audit(
+        self,
+        tenant: str | None = None,
+        principal: str | None = None,
+        action: str | None = None,
+        outcome: str | None = None,
+        request_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        page_size: int = 100,
+    ) -> AsyncIterator[AuditRecordOut]:
+        """Every matching audit record, oldest first, fetching pages as the iteration goes."""
+        filters = security_calls.audit_filters(tenant, principal, action, outcome, request_id, since, until)
+        after: str | None = None
+        while True:
+            page = await self._send(security_calls.list_audit(filters, after, page_size))
+            for record in page.items:
+                yield record
+            if page.next_cursor is None:
+                return
+            after = page.next_cursor
+
+    async def export_audit(self, since: datetime | None = None) -> AsyncIterator[AuditRecordOut]:
+        """Every audit record the caller may read, oldest first, streamed (one JSON line each on the wire).
+
+        The request is sent when iteration starts; close the iterator to stop early.
+        """
+        async with self._stream(security_calls.export_audit(since)) as response:
+            number = 0
+            async for line in response.aiter_lines():
+                number += 1
+                if line.strip():
+                    yield security_calls.decode_audit_line(line, number)
+
+    async def audit_head(self) -> AuditHead:
+        """The chain's last ``(seq, hash)``: keep copies elsewhere as checkpoints for ``taskplane audit verify``."""
+        return await self._send(security_calls.audit_head())
 
     # -- lifetime -------------------------------------------------------------------------------------------
 

@@ -7,12 +7,12 @@ in how they send::
                          +--> get_task(id) -> Call --> build_request --+                        --> call.decode
     AsyncClient.get(id) -+                                             +--> httpx.AsyncClient.send
 
-No I/O happens in this module.
+No I/O happens in this module. Keys, roles, bindings and the audit log are in ``security_calls``, built the same
+way; where the server and the token come from is ``credentials``.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -44,10 +44,6 @@ from taskplane.wire import (
     UsageReport,
 )
 
-DEFAULT_URL = "http://127.0.0.1:8420"
-URL_ENV = "TASKPLANE_URL"
-TOKEN_ENV = "TASKPLANE_TOKEN"  # noqa: S105 - the name of a variable, not a secret
-
 LogStream = Literal["stdout", "stderr"]
 TaskInput = TaskSubmit | Mapping[str, Any]
 
@@ -74,16 +70,9 @@ class Call(Generic[T]):
     stream: bool = False
 
 
-def resolve_base_url(base_url: str | None) -> str:
-    """Return the server URL: ``base_url``, else ``$TASKPLANE_URL``, else ``http://127.0.0.1:8420``."""
-    url = base_url or os.environ.get(URL_ENV) or DEFAULT_URL
-    return url.rstrip("/")
-
-
 def default_headers(token: str | None) -> dict[str, str]:
-    """Headers sent on every request; the bearer token is ``token``, else ``$TASKPLANE_TOKEN``, if any."""
+    """Headers sent on every request; ``token``, when there is one, as ``Authorization: Bearer``."""
     headers = {"User-Agent": f"taskplane-sdk/{__version__}", "Accept": "application/json"}
-    token = token or os.environ.get(TOKEN_ENV)
     if token:
         headers["Authorization"] = f"Bearer {token}"
     return headers
@@ -108,7 +97,9 @@ def build_request(http: httpx.Client | httpx.AsyncClient, call: Call[Any], timeo
 # -- decoders -------------------------------------------------------------------------------------------------
 
 
-def _decode_model(model: type[M]) -> Callable[[httpx.Response], M]:
+def decode_model(model: type[M]) -> Callable[[httpx.Response], M]:
+    """A decoder of ``model`` from a 2xx response; another status raises its mapped error."""
+
     def decode(response: httpx.Response) -> M:
         raise_for_problem(response)
         try:
@@ -127,7 +118,7 @@ class _EventList(BaseModel):
 
 
 def _decode_events(response: httpx.Response) -> list[EventOut]:
-    return _decode_model(_EventList)(response).items
+    return decode_model(_EventList)(response).items
 
 
 def _decode_bytes(response: httpx.Response) -> bytes:
@@ -135,7 +126,8 @@ def _decode_bytes(response: httpx.Response) -> bytes:
     return response.content
 
 
-def _decode_empty(response: httpx.Response) -> None:
+def decode_empty(response: httpx.Response) -> None:
+    """The decoder of a response without a body (204)."""
     raise_for_problem(response)
 
 
@@ -158,7 +150,8 @@ def task_path(task_id: str, suffix: str = "") -> str:
     return f"/platform/tasks/{quote(task_id, safe='')}{suffix}"
 
 
-def _path(prefix: str, name: str, what: str) -> str:
+def named_path(prefix: str, name: str, what: str) -> str:
+    """``{prefix}/{name}`` with ``name`` escaped into one segment; ``what`` names it in the error."""
     if not isinstance(name, str) or not name:
         raise InvalidRequestError(f"a {what} must be a non-empty string")
     return f"{prefix}/{quote(name, safe='')}"
@@ -244,19 +237,19 @@ def submit_task(task: TaskSubmit, idempotency_key: str | None = None) -> Call[Ta
         raise InvalidRequestError("idempotency_key differs from the task's own idempotency_key")
     headers = (("Idempotency-Key", idempotency_key),) if idempotency_key is not None else ()
     body = task.model_dump_json(exclude_unset=True).encode()
-    return Call("POST", "/platform/tasks", _decode_model(TaskOut), body=body, headers=headers)
+    return Call("POST", "/platform/tasks", decode_model(TaskOut), body=body, headers=headers)
 
 
 def submit_batch(tasks: Iterable[TaskInput]) -> Call[BatchSubmitResult]:
     """``POST /platform/tasks/batch``: all tasks are created in one transaction, or none."""
     batch = BatchSubmit(tasks=[coerce_task(task, {}) for task in tasks])
     body = batch.model_dump_json(exclude_unset=True).encode()
-    return Call("POST", "/platform/tasks/batch", _decode_model(BatchSubmitResult), body=body)
+    return Call("POST", "/platform/tasks/batch", decode_model(BatchSubmitResult), body=body)
 
 
 def get_task(task_id: str) -> Call[TaskOut]:
     """``GET /platform/tasks/{id}``, attempts included."""
-    return Call("GET", task_path(task_id), _decode_model(TaskOut))
+    return Call("GET", task_path(task_id), decode_model(TaskOut))
 
 
 def list_tasks(filters: tuple[tuple[str, str], ...], limit: int = 100, cursor: str | None = None) -> Call[TaskList]:
@@ -264,12 +257,12 @@ def list_tasks(filters: tuple[tuple[str, str], ...], limit: int = 100, cursor: s
     params = (*filters, ("limit", str(limit)))
     if cursor is not None:
         params = (*params, ("cursor", cursor))
-    return Call("GET", "/platform/tasks", _decode_model(TaskList), params=params)
+    return Call("GET", "/platform/tasks", decode_model(TaskList), params=params)
 
 
 def cancel_task(task_id: str) -> Call[TaskOut]:
     """``PUT /platform/tasks/{id}/cancel`` (202: now cancelling or cancelled)."""
-    return Call("PUT", task_path(task_id, "/cancel"), _decode_model(TaskOut))
+    return Call("PUT", task_path(task_id, "/cancel"), decode_model(TaskOut))
 
 
 def task_events(task_id: str) -> Call[list[EventOut]]:
@@ -282,7 +275,7 @@ def wait_task(task_id: str, poll_seconds: int) -> Call[TaskOut]:
     return Call(
         "GET",
         task_path(task_id, "/wait"),
-        _decode_model(TaskOut),
+        decode_model(TaskOut),
         params=(("timeout", str(poll_seconds)),),
         hold=float(poll_seconds),
     )
@@ -320,7 +313,7 @@ def follow_task_logs(
 
 def capacity() -> Call[CapacityOut]:
     """``GET /platform/capacity``."""
-    return Call("GET", "/platform/capacity", _decode_model(CapacityOut))
+    return Call("GET", "/platform/capacity", decode_model(CapacityOut))
 
 
 def probe(path: Literal["/healthz", "/readyz"]) -> Call[dict[str, Any]]:
@@ -336,28 +329,28 @@ TENANTS = "/platform/admin/tenants"
 def create_tenant(tenant: TenantCreate) -> Call[TenantOut]:
     """``POST /platform/admin/tenants`` (201; 409 ``tenant_exists``)."""
     body = tenant.model_dump_json(exclude_unset=True).encode()
-    return Call("POST", TENANTS, _decode_model(TenantOut), body=body)
+    return Call("POST", TENANTS, decode_model(TenantOut), body=body)
 
 
 def update_tenant(name: str, patch: TenantUpdate) -> Call[TenantOut]:
     """``PATCH /platform/admin/tenants/{name}``: only the members set on ``patch`` are sent (``None`` as null)."""
     body = patch.model_dump_json(exclude_unset=True).encode()
-    return Call("PATCH", _path(TENANTS, name, "tenant name"), _decode_model(TenantOut), body=body)
+    return Call("PATCH", named_path(TENANTS, name, "tenant name"), decode_model(TenantOut), body=body)
 
 
 def get_tenant(name: str) -> Call[TenantOut]:
     """``GET /platform/admin/tenants/{name}``."""
-    return Call("GET", _path(TENANTS, name, "tenant name"), _decode_model(TenantOut))
+    return Call("GET", named_path(TENANTS, name, "tenant name"), decode_model(TenantOut))
 
 
 def list_tenants() -> Call[TenantList]:
     """``GET /platform/admin/tenants``."""
-    return Call("GET", TENANTS, _decode_model(TenantList))
+    return Call("GET", TENANTS, decode_model(TenantList))
 
 
 def delete_tenant(name: str) -> Call[None]:
     """``DELETE /platform/admin/tenants/{name}`` (204; 409 ``tenant_not_empty`` or ``tenant_protected``)."""
-    return Call("DELETE", _path(TENANTS, name, "tenant name"), _decode_empty)
+    return Call("DELETE", named_path(TENANTS, name, "tenant name"), decode_empty)
 
 
 # -- resources ------------------------------------------------------------------------------------------------
@@ -367,17 +360,17 @@ RESOURCES = "/platform/resources"
 
 def resources() -> Call[ResourcesReport]:
     """``GET /platform/resources``: per pool and node, total, allocated, reserved and free."""
-    return Call("GET", RESOURCES, _decode_model(ResourcesReport))
+    return Call("GET", RESOURCES, decode_model(ResourcesReport))
 
 
 def reserve(request: ReserveRequest) -> Call[ReservationOut]:
     """``POST /platform/resources/reserve`` (201, the reservation ``pending`` or already ``active``)."""
     body = request.model_dump_json(exclude_unset=True).encode()
-    return Call("POST", f"{RESOURCES}/reserve", _decode_model(ReservationOut), body=body)
+    return Call("POST", f"{RESOURCES}/reserve", decode_model(ReservationOut), body=body)
 
 
 def _reservation_path(reservation_id: str) -> str:
-    path = _path(RESOURCES, reservation_id, "reservation id")
+    path = named_path(RESOURCES, reservation_id, "reservation id")
     if reservation_id in ("reserve", "reservations", "usage"):
         raise InvalidRequestError(f"{reservation_id!r} is not a reservation id")
     return path
@@ -385,12 +378,12 @@ def _reservation_path(reservation_id: str) -> str:
 
 def release(reservation_id: str) -> Call[ReservationOut]:
     """``DELETE /platform/resources/{id}``: the released reservation (409 ``reservation_ended``)."""
-    return Call("DELETE", _reservation_path(reservation_id), _decode_model(ReservationOut))
+    return Call("DELETE", _reservation_path(reservation_id), decode_model(ReservationOut))
 
 
 def get_reservation(reservation_id: str) -> Call[ReservationOut]:
     """``GET /platform/resources/{id}``."""
-    return Call("GET", _reservation_path(reservation_id), _decode_model(ReservationOut))
+    return Call("GET", _reservation_path(reservation_id), decode_model(ReservationOut))
 
 
 def list_reservations(tenant: str | None = None, live: bool = False) -> Call[ReservationList]:
@@ -400,7 +393,7 @@ def list_reservations(tenant: str | None = None, live: bool = False) -> Call[Res
         params.append(("tenant", tenant))
     if live:
         params.append(("live", "true"))
-    return Call("GET", f"{RESOURCES}/reservations", _decode_model(ReservationList), params=tuple(params))
+    return Call("GET", f"{RESOURCES}/reservations", decode_model(ReservationList), params=tuple(params))
 
 
 def usage(window: str | None = None, start: datetime | None = None, end: datetime | None = None) -> Call[UsageReport]:
@@ -412,4 +405,4 @@ def usage(window: str | None = None, start: datetime | None = None, end: datetim
         params.append(("start", rfc3339(start, field="start")))
     if end is not None:
         params.append(("end", rfc3339(end, field="end")))
-    return Call("GET", f"{RESOURCES}/usage", _decode_model(UsageReport), params=tuple(params))
+    return Call("GET", f"{RESOURCES}/usage", decode_model(UsageReport), params=tuple(params))

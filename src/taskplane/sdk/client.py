@@ -5,15 +5,17 @@ from __future__ import annotations
 import builtins
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from datetime import datetime
+from contextlib import contextmanager
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import httpx
 
-from taskplane.sdk import calls, polling
+from taskplane.sdk import calls, credentials, polling, security_calls
 from taskplane.sdk.calls import Call, LogStream, TaskInput
 from taskplane.sdk.problems import transport_errors
+from taskplane.sdk.security_calls import RuleInput
 from taskplane.wire import (
     BatchSubmitResult,
     CapacityOut,
@@ -28,6 +30,17 @@ from taskplane.wire import (
     TenantUpdate,
     UsageReport,
 )
+from taskplane.wire.security import (
+    AuditHead,
+    AuditPage,
+    AuditRecordOut,
+    BindingCreate,
+    BindingOut,
+    RoleOut,
+    TokenCreated,
+    TokenOut,
+    WhoAmI,
+)
 
 T = TypeVar("T")
 
@@ -35,10 +48,11 @@ T = TypeVar("T")
 class Client:
     """A blocking client of a taskplane server.
 
-    ``base_url`` defaults to ``$TASKPLANE_URL`` then ``http://127.0.0.1:8420``; ``token`` to
-    ``$TASKPLANE_TOKEN`` (sent as ``Authorization: Bearer``). ``timeout`` is per request, in seconds; long polls
-    get their own hold time on top and followed logs have no read timeout. Errors are ``taskplane.errors``
-    classes; an unreachable server raises ``UnavailableError``.
+    ``base_url`` defaults to ``$TASKPLANE_URL``, the client config's ``url``, then ``http://127.0.0.1:8420``;
+    ``token`` (sent as ``Authorization: Bearer``) to ``$TASKPLANE_TOKEN``, the client config's ``token``, then a
+    local server's ``admin.token`` (``credentials`` has the details). ``timeout`` is per request, in seconds; long
+    polls get their own hold time on top and streamed responses have no read timeout. Errors are
+    ``taskplane.errors`` classes; an unreachable server raises ``UnavailableError``.
 
         with Client() as tp:
             task = tp.submit(command=["python", "-c", "print(1)"], resources={"cpu": "500m"})
@@ -53,11 +67,12 @@ class Client:
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self._base_url = calls.resolve_base_url(base_url)
+        found = credentials.resolve(base_url, token)
+        self._base_url = found.url
         self._timeout = timeout
         self._http = httpx.Client(
             base_url=self._base_url,
-            headers=calls.default_headers(token),
+            headers=calls.default_headers(found.token),
             timeout=timeout,
             transport=transport,
         )
@@ -156,7 +171,12 @@ class Client:
 
         The request is sent when iteration starts; close the iterator to stop early.
         """
-        call = calls.follow_task_logs(task_id, stream, attempt, offset)
+        with self._stream(calls.follow_task_logs(task_id, stream, attempt, offset)) as response:
+            yield from response.iter_bytes()
+
+    @contextmanager
+    def _stream(self, call: Call[None]) -> Iterator[httpx.Response]:
+        """Send ``call`` and hand over its response unread once its status is checked; reading errors are mapped."""
         with transport_errors(self._base_url):
             response = self._http.send(calls.build_request(self._http, call, self._timeout), stream=True)
         try:
@@ -164,7 +184,7 @@ class Client:
                 if not response.is_success:
                     response.read()
                 call.decode(response)
-                yield from response.iter_bytes()
+                yield response
         finally:
             response.close()
 
@@ -239,6 +259,127 @@ class Client:
     ) -> UsageReport:
         """Per tenant and pool over ``window`` (``"1h"``, ending now) or ``start``..``end``; default the last hour."""
         return self._send(calls.usage(window, start, end))
+
+    # -- identity and API keys ------------------------------------------------------------------------------
+
+    def whoami(self) -> WhoAmI:
+        """The caller as the server sees it: subject, kind, name and role bindings."""
+        return self._send(security_calls.whoami())
+
+    def create_token(
+        self,
+        owner: str,
+        roles: Iterable[str],
+        tenant: str | None = None,
+        expires_in: int | timedelta | None = None,
+        description: str = "",
+    ) -> TokenCreated:
+        """Mint an API key for ``owner`` with ``roles`` in ``tenant`` (``"*"``: platform-wide).
+
+        ``tenant`` defaults to the caller's only tenant; ``expires_in`` (seconds, at least 60) to never. The
+        returned ``token`` is the secret: it is in this response only.
+        """
+        seconds = int(expires_in.total_seconds()) if isinstance(expires_in, timedelta) else expires_in
+        return self._send(
+            security_calls.create_token(security_calls.token_request(owner, roles, tenant, seconds, description))
+        )
+
+    def list_tokens(self) -> builtins.list[TokenOut]:
+        """API keys of the tenants where the caller may list them, oldest first (never their secrets)."""
+        return self._send(security_calls.list_tokens()).items
+
+    def get_token(self, token_id: str) -> TokenOut:
+        """One API key."""
+        return self._send(security_calls.get_token(token_id))
+
+    def revoke_token(self, token_id: str) -> TokenOut:
+        """Revoke an API key, effective at once; revoking a revoked key is fine."""
+        return self._send(security_calls.revoke_token(token_id))
+
+    # -- roles and bindings ---------------------------------------------------------------------------------
+
+    def list_roles(self) -> builtins.list[RoleOut]:
+        """Built-in roles, then custom ones, with their rules."""
+        return self._send(security_calls.list_roles()).items
+
+    def get_role(self, name: str) -> RoleOut:
+        """One role."""
+        return self._send(security_calls.get_role(name))
+
+    def create_role(self, name: str, rules: Iterable[RuleInput], description: str = "") -> RoleOut:
+        """Define a custom role of verbs x resources; ``"*"`` is all of either.
+
+        tp.create_role("reader", [{"verbs": ["get", "list"], "resources": ["tasks", "logs"]}])
+        """
+        return self._send(security_calls.create_role(security_calls.role_request(name, rules, description)))
+
+    def delete_role(self, name: str) -> None:
+        """Delete a custom role that no binding or live key uses (``ConflictError`` otherwise)."""
+        self._send(security_calls.delete_role(name))
+
+    def bind_role(self, subject: str, tenant: str, role: str) -> BindingOut:
+        """Grant ``role`` in ``tenant`` (``"*"``: everywhere) to ``subject`` (``oidc:<sub>`` or ``key:<id>``)."""
+        binding = calls.coerce(BindingCreate, {"subject": subject, "tenant": tenant, "role": role}, "binding")
+        return self._send(security_calls.create_binding(binding))
+
+    def list_bindings(self, subject: str | None = None) -> builtins.list[BindingOut]:
+        """Role bindings in the tenants where the caller may list them, optionally of one ``subject``."""
+        return self._send(security_calls.list_bindings(subject)).items
+
+    def unbind_role(self, binding_id: str) -> None:
+        """Remove a role binding."""
+        self._send(security_calls.delete_binding(binding_id))
+
+    # -- audit ----------------------------------------------------------------------------------------------
+
+    def audit(
+        self,
+        tenant: str | None = None,
+        principal: str | None = None,
+        action: str | None = None,
+        outcome: str | None = None,
+        request_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> AuditPage:
+        """One page of audit records, oldest first; pass ``next_cursor`` back as ``after`` for the next page."""
+        filters = security_calls.audit_filters(tenant, principal, action, outcome, request_id, since, until)
+        return self._send(security_calls.list_audit(filters, after, limit))
+
+    def iter_audit(
+        self,
+        tenant: str | None = None,
+        principal: str | None = None,
+        action: str | None = None,
+        outcome: str | None = None,
+        request_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        page_size: int = 100,
+    ) -> Iterator[AuditRecordOut]:
+        """Every matching audit record, oldest first, fetching pages as the iteration goes."""
+        filters = security_calls.audit_filters(tenant, principal, action, outcome, request_id, since, until)
+        after: str | None = None
+        while True:
+            page = self._send(security_calls.list_audit(filters, after, page_size))
+            yield from page.items
+            if page.next_cursor is None:
+                return
+            after = page.next_cursor
+
+    def export_audit(self, since: datetime | None = None) -> Iterator[AuditRecordOut]:
+        """Every audit record the caller may read, oldest first, streamed (one JSON line each on the wire).
+
+        The request is sent when iteration starts; close the iterator to stop early.
+        """
+        with self._stream(security_calls.export_audit(since)) as response:
+            yield from security_calls.decode_audit_lines(response.iter_lines())
+
+    def audit_head(self) -> AuditHead:
+        """The chain's last ``(seq, hash)``: keep copies elsewhere as checkpoints for ``taskplane audit verify``."""
+        return self._send(security_calls.audit_head())
 
     # -- lifetime -------------------------------------------------------------------------------------------
 

@@ -3,7 +3,8 @@
 Two kinds of failure reach a client:
 
 - a non-2xx response: its RFC 9457 problem ``code`` picks the class in ``ERRORS_BY_CODE``; a response without
-  a known code falls back on its status (404, 409, 413, 429, other 4xx, 5xx);
+  a known code falls back on its status (401, 403, 404, 409, 413, 429, other 4xx, 5xx). A ``RateLimitedError``
+  gets ``retry_after`` (seconds) from the problem, else from the ``Retry-After`` header;
 - a transport failure (refused, reset, timed out): ``UnavailableError`` naming the URL, raised from the
   ``httpx`` exception.
 
@@ -23,11 +24,14 @@ import httpx
 from taskplane.errors import (
     ERRORS_BY_CODE,
     ConflictError,
+    ForbiddenError,
     InvalidRequestError,
     LimitExceededError,
     NotFoundError,
     PayloadTooLargeError,
+    RateLimitedError,
     TaskplaneError,
+    UnauthenticatedError,
     UnavailableError,
 )
 
@@ -36,6 +40,10 @@ _STANDARD_MEMBERS = frozenset({"type", "title", "status", "detail", "code", "ins
 
 def error_class_for_status(status: int) -> type[TaskplaneError]:
     """Return the error class for a status when the body names no known ``code``."""
+    if status == 401:
+        return UnauthenticatedError
+    if status == 403:
+        return ForbiddenError
     if status == 404:
         return NotFoundError
     if status == 409:
@@ -78,7 +86,23 @@ def error_from_response(response: httpx.Response) -> TaskplaneError:
     known = isinstance(code, str) and code in ERRORS_BY_CODE
     cls = ERRORS_BY_CODE[str(code)] if known else error_class_for_status(status)
     members = {k: v for k, v in (problem or {}).items() if k not in _STANDARD_MEMBERS}
+    if issubclass(cls, RateLimitedError):
+        members["retry_after"] = retry_after(members.get("retry_after"), response.headers.get("Retry-After"))
     return _annotated(cls(detail, code=code if isinstance(code, str) else None, **members), status, problem)
+
+
+def retry_after(member: object, header: str | None) -> float:
+    """Seconds to wait before retrying: the problem's ``retry_after``, else a ``Retry-After`` of seconds, else 1.
+
+    ``Retry-After`` may also be an HTTP date; the server never sends one, and reading it would need a clock.
+    """
+    if isinstance(member, int | float) and not isinstance(member, bool) and member >= 0:
+        return float(member)
+    try:
+        seconds = float(header) if header is not None else -1.0
+    except ValueError:
+        seconds = -1.0
+    return seconds if 0 <= seconds < float("inf") else 1.0
 
 
 def raise_for_problem(response: httpx.Response) -> None:

@@ -32,6 +32,8 @@ DatabaseUrlOption = Annotated[
 
 db_app = typer.Typer(help="Database maintenance.")
 
+_SECURITY = "Security"
+
 
 def settings_from(config: Path | None, **overrides: Any) -> Settings:
     """Load settings (file < environment < flags), reporting a bad file or value as a usage error."""
@@ -63,9 +65,31 @@ def server(
     node_cpu: Annotated[str | None, typer.Option(help="CPU to offer instead of the detected one: 4, 3500m.")] = None,
     node_memory: Annotated[str | None, typer.Option(help="Memory to offer instead of the detected: 8Gi.")] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error.")] = None,
+    insecure_no_auth: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-no-auth",
+            help="No authentication: every local process is a platform admin. Loopback only; for experiments.",
+            rich_help_panel=_SECURITY,
+        ),
+    ] = False,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True, dir_okay=False, help="Serve HTTPS with this PEM certificate.", rich_help_panel=_SECURITY
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="The certificate's PEM private key.", rich_help_panel=_SECURITY),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Run the taskplane server (API, scheduler and executor) in the foreground."""
+    """Run the taskplane server (API, scheduler and executor) in the foreground.
+
+    On its first start it creates the platform-admin API key and leaves it, mode 0600, in <data dir>/admin.token;
+    client commands on this machine use it when nothing else gives a token.
+    """
     settings = settings_from(
         config,
         host=host,
@@ -76,6 +100,9 @@ def server(
         node_cpu=node_cpu,
         node_memory=node_memory,
         log_level=log_level,
+        insecure_no_auth=True if insecure_no_auth else None,  # not given: the file or environment decides
+        tls_cert=tls_cert,
+        tls_key=tls_key,
     )
     from taskplane.bootstrap import serve
 
