@@ -262,6 +262,27 @@ async def first_start(platform: Platform, settings: Settings) -> str | None:
     return token
 
 
+def mint_admin_token(settings: Settings) -> Path:
+    """Create a new platform-admin key straight in the database (no HTTP) and write it to ``admin.token``."""
+    from taskplane.storage.sql.store import create_task_store
+
+    upgrade_database(settings)
+    store = create_task_store(settings.resolved_database_url())
+    clock = SystemClock()
+    security = SecurityService(store, AuthService(store, clock, build_auth_config(settings)), clock)
+
+    async def mint() -> str:
+        try:
+            return await security.mint_admin_key("minted by 'taskplane db admin-token'")
+        finally:
+            await store.close()
+
+    token = asyncio.run(mint())
+    path = admin_token_path(settings)
+    write_secret(path, token + "\n")
+    return path
+
+
 def is_loopback(host: str) -> bool:
     """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
     if host == "localhost":

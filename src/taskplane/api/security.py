@@ -170,6 +170,11 @@ class SecurityMiddleware:
             detail={"method": scope["method"], **detail},
         )
 
+    async def _record_or_refuse(self, entry: AuditEntry) -> None:
+        """Write a refusal's record; when it cannot be written, answer 503 instead (fail closed, like Vault)."""
+        if not await self._record(entry):
+            raise UnavailableError("the audit log cannot be written; try again")
+
     async def _record(self, entry: AuditEntry) -> bool:
         try:
             await self._audit.record([entry])
@@ -260,7 +265,7 @@ class SecurityMiddleware:
                 raise
             except UnauthenticatedError as exc:
                 key_id = exc.extra.get("key_id")
-                await self._record(
+                await self._record_or_refuse(
                     self._entry(
                         request_id, f"key:{key_id}" if key_id else "anonymous", None, "auth.authenticate", scope,
                         AuditOutcome.UNAUTHENTICATED, 401, source, reason=exc.extra.get("reason", "invalid"),
@@ -285,7 +290,7 @@ class SecurityMiddleware:
             allowed = grants.holds_anywhere(rule.verb, rule.resource)
         if not allowed:
             where = "platform-wide" if rule.scope == "platform" else "in any tenant"
-            await self._record(
+            await self._record_or_refuse(
                 self._entry(
                     request_id, principal.subject, principal.home_tenant, _action(rule, method), scope,
                     AuditOutcome.DENIED, 403, source, verb=rule.verb, needs=rule.resource,
@@ -309,7 +314,7 @@ class SecurityMiddleware:
         if len(self._throttle_noted) > 100_000:
             self._throttle_noted.clear()
         source = key if not key.startswith("tenant:") else ""
-        await self._record(
+        await self._record_or_refuse(
             self._entry(
                 request_id, principal, None, "auth.throttle", scope, AuditOutcome.THROTTLED, 429, source,
                 key=key, retry_after=exc.retry_after,

@@ -259,6 +259,8 @@ class AuthService:
         if wait is not None:
             raise RateLimitedError("too many failed authentications from this address", retry_after=wait)
         if not authorization:
+            # Counted like a wrong credential: each one is audited, so unthrottled they would be a write flood.
+            self._fail(source, None)
             raise UnauthenticatedError("this route needs an API key or a bearer token", reason="missing")
         scheme, _, token = authorization.partition(" ")
         token = token.strip()

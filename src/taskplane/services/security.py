@@ -134,15 +134,19 @@ class SecurityService:
         """On a database that never had a key, create the platform-admin key; its token, else ``None``."""
         if await self._store.has_api_keys():
             return None
+        return await self.mint_admin_key("created at first start")
+
+    async def mint_admin_key(self, description: str) -> str:
+        """Create a platform-admin key on the server's own authority (first start, ``db admin-token``)."""
         caller = Caller.system("bootstrap")
         minted = self._auth.mint(
             owner="admin",
             tenant=ALL_TENANTS,
             roles=("platform-admin",),
             created_by=caller.subject,
-            description="created at first start",
+            description=description,
         )
-        audit = caller.entry(self._clock.now(), "tokens.create", f"tokens/{minted.key.id}", None, bootstrap=True)
+        audit = caller.entry(self._clock.now(), "tokens.create", f"tokens/{minted.key.id}", None, why=description)
         await self._store.create_api_key(minted.key, audit)
         return minted.token
 

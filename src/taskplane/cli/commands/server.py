@@ -119,3 +119,19 @@ def db_upgrade(
 
     upgrade_database(settings)
     render.error(f"database is up to date: {redact(settings.resolved_database_url())}")
+
+
+@db_app.command("admin-token")
+def db_admin_token(
+    data_dir: DataDirOption = None, database_url: DatabaseUrlOption = None, config: ConfigOption = None
+) -> None:
+    """Mint a new platform-admin API key directly in the database and store it (0600) as <data dir>/admin.token.
+
+    For recovery when every admin key is lost: it needs the database and the server's pepper, so it runs on
+    the server's machine. The key is audited like any other.
+    """
+    settings = settings_from(config, data_dir=data_dir, database_url=database_url)
+    from taskplane.bootstrap import mint_admin_token
+
+    path = mint_admin_token(settings)
+    render.error(f"a new platform-admin key is in {path} (mode 0600); the CLI on this machine uses it")
