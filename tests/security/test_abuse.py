@@ -113,10 +113,13 @@ async def test_bad_secrets_for_one_key_id_from_many_addresses(make_secured: Call
         other = await create_key(s, tenant="*", roles=["viewer"])
         async with s.client(other["token"], address="192.0.2.200") as c:
             assert (await c.get("/platform/whoami")).status_code == 200
-        # The key id itself is locked: the genuine secret waits too (the per-key bucket is checked before the
-        # secret, so guessing cannot go on by switching addresses).
-        async with s.client(target["token"], address="192.0.2.201") as c:
+        # Guessing cannot go on by switching addresses: wrong secrets for the key id stay throttled ...
+        forged = f"tpk_{target['id']}_{secrets.token_urlsafe(32)}"
+        async with s.client(forged, address="192.0.2.202") as c:
             assert_rate_limited(await c.get("/platform/whoami"))
+        # ... but knowing the (public) key id does not lock its owner out: the genuine secret still works.
+        async with s.client(target["token"], address="192.0.2.201") as c:
+            assert (await c.get("/platform/whoami")).status_code == 200
 
 
 # ------------------------------------------------------------------------------------------ X-Forwarded-For

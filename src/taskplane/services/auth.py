@@ -10,7 +10,8 @@ Keys are hashed with HMAC-SHA256 and a server-side pepper, not a slow password h
 so there is nothing to brute-force offline, and a slow hash per request would be a denial-of-service lever.
 
 Failed authentications are counted per source address and per claimed key id (``RateLimiter``): past the
-limit, further attempts are refused with 429 before any credential is looked at. Revocation through this
+address's limit, its requests are refused with 429 before any credential is looked at; past a key id's limit,
+wrong secrets for it are refused with 429 while the right one still works. Revocation through this
 service takes effect at once in this process; other replicas drop their cached copy within
 ``key_cache_seconds``.
 """
@@ -285,13 +286,15 @@ class AuthService:
             self._fail(source, None)
             raise UnauthenticatedError("malformed API key", reason="malformed")
         key_id, secret = parsed
-        wait = self._failures_by_key.blocked(key_id)
-        if wait is not None:
-            raise RateLimitedError("too many failed authentications with this key id", retry_after=wait)
         key = await self._key(key_id)
         # The hash is computed even for an unknown id, so timing does not tell which ids exist.
         digest = hash_secret(self._config.pepper, secret)
         if key is None or not hmac.compare_digest(digest, key.secret_hash):
+            # Wrong secrets for one key id, from any number of addresses, are throttled; the right secret is
+            # never refused for it, so knowing a (public) key id is not enough to lock its owner out.
+            wait = self._failures_by_key.blocked(key_id)
+            if wait is not None:
+                raise RateLimitedError("too many failed authentications with this key id", retry_after=wait)
             self._fail(source, key_id)
             raise UnauthenticatedError("invalid API key", reason="invalid", key_id=key_id)
         now = self._clock.now()
