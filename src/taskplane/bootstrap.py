@@ -194,10 +194,10 @@ def build_platform(settings: Settings) -> Platform:
         engine=engine,
         store=store,
         executor=executor,
-        tenants=TenantService(store, engine, clock),
+        tenants=TenantService(store, engine, clock, on_deleted=auth.forget_tenant),
         resources=ResourceService(store, engine, clock, new_reservation_id),
         auth=auth,
-        security=SecurityService(store, auth, clock),
+        security=SecurityService(store, auth, clock, lambda name: engine.tenant(name) is not None),
         audit=AuditService(store),
         clock=clock,
     )

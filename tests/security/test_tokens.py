@@ -440,6 +440,8 @@ async def audit_of_principal(secured: Secured, principal: str) -> list[dict[str,
 
 
 async def test_key_secrets_appear_only_in_the_create_response(secured: Secured) -> None:
+    async with secured.admin() as admin:
+        assert (await admin.post("/platform/admin/tenants", json={"name": "ta"})).status_code == 201
     created = [
         await create_key(secured, tenant="*", roles=["viewer"]),
         await create_key(secured, tenant="ta", roles=["submitter"], description="ci"),

@@ -194,6 +194,12 @@ class AuthService:
         )
         return MintedKey(key, f"{KEY_PREFIX}{key_id}_{secret}")
 
+    def forget_tenant(self, tenant: str) -> None:
+        """Drop cached keys of ``tenant`` and all cached bindings (the tenant was deleted, its keys revoked)."""
+        for key_id in [k for k, c in self._keys.items() if c.value is not None and c.value.tenant == tenant]:
+            del self._keys[key_id]
+        self.forget_bindings()
+
     def forget_key(self, key_id: str) -> None:
         """Drop a cached key (after a revocation) so the next request reads it again."""
         self._keys.pop(key_id, None)

@@ -1171,7 +1171,11 @@ class Engine:
             self._batch.stops.append(key)
             self.preemptions += 1
             self._ledger.terminating(victim.id)
-            data = {"for_task": pre.for_id, "node": pre.node, "reason": pre.reason}
+            data: dict[str, Any] = {"node": pre.node, "reason": pre.reason}
+            beneficiary = self._tasks.get(pre.for_id) or self._reservations.get(pre.for_id)
+            owner = beneficiary.spec.tenant if isinstance(beneficiary, Task) else getattr(beneficiary, "tenant", None)
+            if owner == victim.spec.tenant:
+                data["for_task"] = pre.for_id  # another tenant's task or reservation is never named to this one
             self._batch.events.append(
                 TaskEvent(victim.id, now, "preempting", victim.state, victim.state, victim.attempts, data)
             )

@@ -196,8 +196,11 @@ class AdminStore(Protocol):
         """Replace the stored row by name; ``NotFoundError`` (code ``tenant_not_found``) when missing."""
         ...
 
-    async def delete_tenant(self, name: str, audit: AuditEntry | None = None) -> None:
+    async def delete_tenant(self, name: str, audit: AuditEntry | None = None, at: datetime | None = None) -> None:
         """Delete; ``ConflictError`` (code ``tenant_not_empty``) when it has a non-terminal task or reservation.
+
+        Its API keys are revoked at ``at`` (default ``audit.at``) and its role bindings deleted, in the same
+        transaction.
 
         The check and the delete are one transaction. ``NotFoundError`` (``tenant_not_found``) when missing.
         """

@@ -7,7 +7,7 @@ is stored together with its audit entry; the audit log itself is read-only over 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 
 import orjson
@@ -113,10 +113,13 @@ def audit_out(r: AuditRecord) -> AuditRecordOut:
 class SecurityService:
     """Keys, roles and bindings, each change with its audit entry."""
 
-    def __init__(self, store: SecurityStore, auth: AuthService, clock: Clock) -> None:
+    def __init__(
+        self, store: SecurityStore, auth: AuthService, clock: Clock, tenant_exists: Callable[[str], bool] | None = None
+    ) -> None:
         self._store = store
         self._auth = auth
         self._clock = clock
+        self._tenant_exists = tenant_exists
 
     # ----------------------------------------------------------------------------------------- who
 
@@ -158,6 +161,9 @@ class SecurityService:
             caller.check_platform(verb, resource)
         else:
             caller.check_target(verb, resource, tenant)
+            # No grant may wait for a tenant that does not exist (yet): it would wake up when one is created.
+            if self._tenant_exists is not None and not self._tenant_exists(tenant):
+                raise NotFoundError(f"tenant {tenant!r} not found", code="tenant_not_found", field="tenant")
         catalog = await self._auth.roles()
         for name in roles:
             role = catalog.get(name)

@@ -11,6 +11,7 @@ update stores it. It cannot be deleted.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Protocol
 
@@ -185,10 +186,17 @@ def _check_name(name: str) -> None:
 class TenantService:
     """Tenant records: validated here, stored by the ``AdminStore``, mirrored into the engine after each commit."""
 
-    def __init__(self, store: AdminStore, engine: TenantDirectory, clock: Clock) -> None:
+    def __init__(
+        self,
+        store: AdminStore,
+        engine: TenantDirectory,
+        clock: Clock,
+        on_deleted: Callable[[str], None] | None = None,
+    ) -> None:
         self._store = store
         self._engine = engine
         self._clock = clock
+        self._on_deleted = on_deleted  # drops cached credentials of a deleted tenant (its keys were revoked)
 
     def _out(self, tenant: Tenant, *, implicit: bool = False) -> TenantOut:
         counts = self._engine.tenant_counts(tenant.name)
@@ -286,6 +294,8 @@ class TenantService:
         )
         caller.audited = True
         self._engine.drop_tenant(name)
+        if self._on_deleted is not None:
+            self._on_deleted(name)
 
 
 def _missing(name: str) -> NotFoundError:

@@ -340,3 +340,11 @@ def read_audit_head(conn: Connection, sql: SecurityStatements) -> Checkpoint | N
     if row is None or row.seq == 0:
         return None
     return Checkpoint(int(row.seq), row.hash)
+
+
+def forget_tenant(conn: Connection, sql: SecurityStatements, tenant: str, at: datetime) -> None:
+    """Revoke every key of ``tenant`` and delete its role bindings (a deleted tenant leaves no live grant)."""
+    conn.execute(
+        update(api_keys).where(api_keys.c.tenant == tenant, api_keys.c.revoked_at.is_(None)).values(revoked_at=at)
+    )
+    conn.execute(delete(role_bindings).where(role_bindings.c.tenant == tenant))

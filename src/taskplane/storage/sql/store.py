@@ -473,13 +473,22 @@ class SqlTaskStore:
             raise InvalidRequestError(f"tenant {tenant.name!r}: updated_at is required", code="missing_timestamp")
         return await self._write("update a tenant", lambda conn: admin.update_tenant(conn, self._admin, tenant), audit)
 
-    async def delete_tenant(self, name: str, audit: AuditEntry | None = None) -> None:
+    async def delete_tenant(self, name: str, audit: AuditEntry | None = None, at: datetime | None = None) -> None:
         """Delete a tenant (and chain ``audit``), checking in the same transaction that it is idle.
 
-        ``ConflictError`` (``tenant_not_empty``) while it has a task that is not terminal or a pending or
-        active reservation; ``NotFoundError`` (``tenant_not_found``) when there is no such tenant.
+        In the same transaction its API keys are revoked (at ``at``, default ``audit.at``) and its role bindings
+        deleted, so no grant outlives it (or wakes up if the name is used again). ``ConflictError``
+        (``tenant_not_empty``) while it has a task that is not terminal or a pending or active reservation;
+        ``NotFoundError`` (``tenant_not_found``) when there is no such tenant.
         """
-        await self._write("delete a tenant", lambda conn: admin.delete_tenant(conn, self._admin, name), audit)
+        when = at or (audit.at if audit is not None else None)
+
+        def body(conn: Connection) -> None:
+            admin.delete_tenant(conn, self._admin, name)
+            if when is not None:
+                security.forget_tenant(conn, self._security, name, when)
+
+        await self._write("delete a tenant", body, audit)
 
     # ---------------------------------------------------------------------------------- reservations
 
