@@ -78,25 +78,28 @@ def python_path(src: Path | None) -> Iterator[None]:
 def measure(n: int, warmup: int, src: Path | None, **settings: str) -> dict[str, list[float]]:
     """Seconds per POST and per GET on one fresh server."""
     out: dict[str, list[float]] = {"POST /platform/tasks": [], "GET /platform/tasks/{id}": []}
-    with python_path(src), server(None, pools=POOLS, **settings) as srv:
-        with httpx.Client(base_url=srv.url, timeout=60, headers=srv.headers) as c:
-            ids: list[str] = []
-            for i in range(warmup + n):
-                t0 = time.perf_counter()
-                r = c.post("/platform/tasks", json=BODY)
-                elapsed = time.perf_counter() - t0
-                r.raise_for_status()
-                ids.append(r.json()["id"])
-                if i >= warmup:
-                    out["POST /platform/tasks"].append(elapsed)
-            for i in range(warmup + n):
-                task_id = ids[i % len(ids)]
-                t0 = time.perf_counter()
-                r = c.get(f"/platform/tasks/{task_id}")
-                elapsed = time.perf_counter() - t0
-                r.raise_for_status()
-                if i >= warmup:
-                    out["GET /platform/tasks/{id}"].append(elapsed)
+    with (
+        python_path(src),
+        server(None, pools=POOLS, **settings) as srv,
+        httpx.Client(base_url=srv.url, timeout=60, headers=srv.headers) as c,
+    ):
+        ids: list[str] = []
+        for i in range(warmup + n):
+            t0 = time.perf_counter()
+            r = c.post("/platform/tasks", json=BODY)
+            elapsed = time.perf_counter() - t0
+            r.raise_for_status()
+            ids.append(r.json()["id"])
+            if i >= warmup:
+                out["POST /platform/tasks"].append(elapsed)
+        for i in range(warmup + n):
+            task_id = ids[i % len(ids)]
+            t0 = time.perf_counter()
+            r = c.get(f"/platform/tasks/{task_id}")
+            elapsed = time.perf_counter() - t0
+            r.raise_for_status()
+            if i >= warmup:
+                out["GET /platform/tasks/{id}"].append(elapsed)
     return out
 
 
