@@ -1,4 +1,8 @@
-"""Request-scoped access to the platform's services."""
+"""Request-scoped access to the platform's services.
+
+The dependencies are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in a worker thread,
+one thread hop per dependency per request.
+"""
 
 from __future__ import annotations
 
@@ -11,18 +15,19 @@ from taskplane.services.platform import Platform
 from taskplane.services.tasks import TaskService
 
 
-def get_platform(request: Request) -> Platform:
+async def get_platform(request: Request) -> Platform:
     """The platform this app serves (set by ``create_app``)."""
     platform: Platform = request.app.state.platform
     return platform
 
 
-def get_tasks(request: Request) -> TaskService:
+async def get_tasks(request: Request) -> TaskService:
     """The task service."""
-    return get_platform(request).tasks
+    platform: Platform = request.app.state.platform
+    return platform.tasks
 
 
-def get_caller(request: Request) -> Caller:
+async def get_caller(request: Request) -> Caller:
     """The authenticated caller the security middleware attached to this request."""
     caller: Caller = request.scope["state"]["caller"]
     return caller

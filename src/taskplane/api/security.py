@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from starlette.routing import BaseRoute, Match
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from taskplane.api.errors import error_response, problem
@@ -107,21 +108,41 @@ class SecurityMiddleware:
             RateLimiter(config.tenant_rate, config.tenant_burst, monotonic) if config.tenant_rate > 0 else None
         )
         self._throttle_noted: dict[str, float] = {}
+        # (path pattern, rule by method) in the router's order; routes of one path share an entry.
+        self._patterns: list[tuple[re.Pattern[str], dict[str, Rule]]] = []
+        by_path: dict[str, dict[str, Rule]] = {}
+        for route in routes:
+            path, pattern = getattr(route, "path", None), getattr(route, "path_regex", None)
+            if not isinstance(path, str) or pattern is None:
+                continue
+            if path not in by_path:
+                by_path[path] = {}
+                self._patterns.append((pattern, by_path[path]))
+            for method in getattr(route, "methods", None) or ():
+                rule = ROUTES.get(("GET" if method == "HEAD" else method, path))
+                if rule is not None:
+                    by_path[path].setdefault(method, rule)
 
     # ------------------------------------------------------------------------------------- helpers
 
     def _rule(self, scope: Scope) -> Rule | None:
-        """The matched route's rule; ``None`` when no route matches the path (a 404 after authentication)."""
+        """The matched route's rule; ``None`` when no route matches the path (a 404 after authentication).
+
+        Matches the routes' own path patterns in the router's order, as the router will (without building the
+        child scope a full ``route.matches`` builds). A path whose route lacks the method (405 later) takes any
+        rule of that path.
+        """
+        method = "GET" if scope["method"] == "HEAD" else scope["method"]
+        path = scope["path"]
         partial: Rule | None = None
-        for route in self._routes:
-            match, _ = route.matches(scope)
-            path = getattr(route, "path", None)
-            if match is Match.FULL:
-                method = "GET" if scope["method"] == "HEAD" else scope["method"]
-                return ROUTES.get((method, path)) if path is not None else None
-            if match is Match.PARTIAL and partial is None and path is not None:
-                # Path matches, method does not (405 after authentication): any rule of the path will do.
-                partial = next((rule for (_, p), rule in ROUTES.items() if p == path), None)
+        for pattern, rules in self._patterns:
+            if pattern.match(path) is None:
+                continue
+            found = rules.get(method)
+            if found is not None:
+                return found
+            if partial is None:
+                partial = next(iter(rules.values()), None)
         return partial
 
     def _source(self, scope: Scope, headers: dict[bytes, bytes]) -> str:

@@ -147,6 +147,10 @@ class AuthService:
         self._keys: dict[str, _Cached] = {}
         self._bindings: dict[str, _Cached] = {}
         self._roles: _Cached | None = None
+        # Tokens verified within the last ``key_cache_seconds``: token -> (principal, key expiry), so a busy
+        # client costs one dict lookup per request. Dropped on any revocation or binding change here.
+        self._verified: dict[str, _Cached] = {}
+        self._grants: dict[tuple[Binding, ...], Grants] = {}
         self._used: dict[str, datetime] = {}
         self._last_flush = clock.monotonic()
         self._flushing: asyncio.Task[None] | None = None
@@ -203,6 +207,7 @@ class AuthService:
     def forget_key(self, key_id: str) -> None:
         """Drop a cached key (after a revocation) so the next request reads it again."""
         self._keys.pop(key_id, None)
+        self._verified.clear()
 
     def forget_bindings(self, subject: str | None = None) -> None:
         """Drop cached bindings (of one subject, or all) and the role catalog after a change."""
@@ -211,6 +216,8 @@ class AuthService:
         else:
             self._bindings.pop(subject, None)
         self._roles = None
+        self._verified.clear()
+        self._grants.clear()
 
     async def _key(self, key_id: str) -> ApiKey | None:
         cached = self._keys.get(key_id)
@@ -234,6 +241,8 @@ class AuthService:
             return cached
         catalog: dict[str, Role] = {s.role.name: s.role for s in await self._store.list_roles()}
         catalog.update(BUILTIN_ROLES)
+        if self._roles is None or self._roles.value != catalog:
+            self._grants.clear()  # computed with other role definitions
         self._roles = _Cached(catalog, now)
         return catalog
 
@@ -252,7 +261,14 @@ class AuthService:
 
     async def grants(self, principal: Principal) -> Grants:
         """What ``principal`` may do, with the current role definitions."""
-        return compute_grants(principal.bindings, await self.roles())
+        roles = await self.roles()
+        found = self._grants.get(principal.bindings)
+        if found is None:
+            found = compute_grants(principal.bindings, roles)
+            if len(self._grants) > 10_000:
+                self._grants.clear()
+            self._grants[principal.bindings] = found
+        return found
 
     # ------------------------------------------------------------------------------- authenticating
 
@@ -287,6 +303,15 @@ class AuthService:
             self._failures_by_key.take(key_id)
 
     async def _authenticate_key(self, token: str, source: str) -> Principal:
+        mono = self._clock.monotonic()
+        hit = self._verified.get(token)
+        if hit is not None and mono - hit.at < self._config.key_cache_seconds:
+            principal, expires_at = hit.value
+            now = self._clock.now()
+            if expires_at is None or now < expires_at:
+                self._note_use(principal.key_id, now)
+                cached: Principal = principal
+                return cached
         parsed = parse_key(token)
         if parsed is None:
             self._fail(source, None)
@@ -312,9 +337,13 @@ class AuthService:
             raise UnauthenticatedError("this API key has expired", reason="expired", key_id=key_id)
         self._note_use(key_id, now)
         own = tuple(Binding(key.tenant, role) for role in key.roles)
-        return Principal(
+        principal = Principal(
             key.subject, PrincipalKind.API_KEY, own + await self._stored_bindings(key.subject), key.owner, key.id
         )
+        if len(self._verified) > 10_000:
+            self._verified.clear()
+        self._verified[token] = _Cached((principal, key.expires_at), mono)
+        return principal
 
     async def _authenticate_jwt(self, token: str, source: str) -> Principal:
         oidc = self._config.oidc
@@ -404,7 +433,9 @@ class AuthService:
 
     # ------------------------------------------------------------------------------------ last used
 
-    def _note_use(self, key_id: str, now: datetime) -> None:
+    def _note_use(self, key_id: str | None, now: datetime) -> None:
+        if key_id is None:
+            return
         self._used[key_id] = now
         mono = self._clock.monotonic()
         if mono - self._last_flush >= _USAGE_FLUSH_SECONDS and (self._flushing is None or self._flushing.done()):

@@ -16,7 +16,7 @@ from taskplane.wire import TenantCreate, TenantList, TenantOut, TenantUpdate
 router = APIRouter(prefix="/platform/admin/tenants", tags=["admin"])
 
 
-def get_tenants(request: Request) -> TenantService:
+async def get_tenants(request: Request) -> TenantService:
     """The tenant service of the platform this app serves."""
     platform: Platform = request.app.state.platform
     return platform.tenants

@@ -18,7 +18,7 @@ from taskplane.wire.security import AuditHead, AuditPage
 router = APIRouter(prefix="/platform/audit", tags=["audit"])
 
 
-def get_audit(request: Request) -> AuditService:
+async def get_audit(request: Request) -> AuditService:
     """The audit service of the platform this app serves."""
     platform: Platform = request.app.state.platform
     return platform.audit

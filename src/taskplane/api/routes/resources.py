@@ -17,7 +17,7 @@ from taskplane.wire import ReservationList, ReservationOut, ReserveRequest, Reso
 router = APIRouter(prefix="/platform/resources", tags=["resources"])
 
 
-def get_resources(request: Request) -> ResourceService:
+async def get_resources(request: Request) -> ResourceService:
     """The resource service of the platform this app serves."""
     platform: Platform = request.app.state.platform
     return platform.resources

@@ -28,7 +28,7 @@ from taskplane.wire.security import (
 router = APIRouter(tags=["security"])
 
 
-def get_security(request: Request) -> SecurityService:
+async def get_security(request: Request) -> SecurityService:
     """The security service of the platform this app serves."""
     platform: Platform = request.app.state.platform
     return platform.security
