@@ -24,10 +24,13 @@ def main() -> None:
         ["concurrency.py", "--tasks", "2000"],
         ["concurrency.py", "--tasks", "10000"],
         ["supervisor_cost.py"],
+        ["scheduler.py"],
+        ["auth_overhead.py"],
     ]
+    no_database = {"supervisor_cost.py", "scheduler.py", "auth_overhead.py"}  # their own fixed set-ups
     for run in runs:
         command = [sys.executable, str(HERE / run[0]), *run[1:]]
-        if run[0] != "supervisor_cost.py":
+        if run[0] not in no_database:
             command += extra
         print(f"\n$ {' '.join(command[1:])}", flush=True)
         subprocess.run(command, check=True)
