@@ -61,6 +61,89 @@ def test_tenants_update_sends_only_what_changes(run: Run, api: FakeApi) -> None:
     assert json.loads(result.stdout)["name"] == "team-a"
 
 
+POLICY_FLAGS = [
+    ("--allow-privileged", "allow_privileged"),
+    ("--allow-host-network", "allow_host_network"),
+    ("--allow-host-pid", "allow_host_pid"),
+    ("--allow-host-mounts", "allow_host_mounts"),
+    ("--allow-network", "allow_network"),
+]
+
+
+@pytest.mark.parametrize(("flag", "member"), POLICY_FLAGS)
+@pytest.mark.parametrize("command", ["create", "update"])
+def test_tenants_policy_flags_send_one_member(run: Run, api: FakeApi, command: str, flag: str, member: str) -> None:
+    api.on("POST", "/platform/admin/tenants", httpx.Response(201, json=tenant_json("team-a")))
+    api.on("PATCH", "/platform/admin/tenants/team-a", httpx.Response(200, json=tenant_json("team-a")))
+    name = {"create": {"name": "team-a"}, "update": {}}[command]
+
+    allowed = run("tenants", command, "team-a", flag)
+    assert allowed.exit_code == 0, allowed.output
+    assert sent(api) == {**name, "policy": {member: True}}
+
+    refused = run("tenants", command, "team-a", "--no-" + flag.removeprefix("--"))
+    assert refused.exit_code == 0, refused.output
+    assert sent(api) == {**name, "policy": {member: False}}
+
+
+def test_tenants_update_merges_policy_with_other_settings(run: Run, api: FakeApi) -> None:
+    api.on("PATCH", "/platform/admin/tenants/team-a", httpx.Response(200, json=tenant_json("team-a")))
+
+    result = run(
+        "tenants", "update", "team-a", "--allow-network", "--allow-host-mounts", "--no-allow-privileged", "--cpu", "8"
+    )
+
+    assert result.exit_code == 0, result.output
+    assert sent(api) == {
+        "quota": {"cpu": "8"},
+        "policy": {"allow_privileged": False, "allow_host_mounts": True, "allow_network": True},
+    }
+
+
+def test_tenants_restricted_resets_the_policy(run: Run, api: FakeApi) -> None:
+    api.on("PATCH", "/platform/admin/tenants/team-a", httpx.Response(200, json=tenant_json("team-a")))
+
+    result = run("tenants", "update", "team-a", "--restricted")
+
+    assert result.exit_code == 0, result.output
+    assert sent(api) == {"policy": None}
+
+
+def test_tenants_without_policy_flags_send_no_policy(run: Run, api: FakeApi) -> None:
+    api.on("POST", "/platform/admin/tenants", httpx.Response(201, json=tenant_json("team-a")))
+
+    result = run("tenants", "create", "team-a")
+
+    assert result.exit_code == 0, result.output
+    assert sent(api) == {"name": "team-a"}
+
+
+@pytest.mark.parametrize(
+    ("policy", "line"),
+    [
+        ({}, "none (restricted)"),
+        ({"allow_network": True}, "allows network"),
+        ({"allow_host_mounts": True, "allow_network": True}, "allows host mounts, network"),
+        (
+            {name: True for _, name in POLICY_FLAGS},
+            "allows privileged, host network, host PID, host mounts, network",
+        ),
+    ],
+)
+def test_tenants_get_shows_the_policy(run: Run, api: FakeApi, policy: dict[str, bool], line: str) -> None:
+    members = {name: policy.get(name, False) for _, name in POLICY_FLAGS}
+    api.on("GET", "/platform/admin/tenants/team-a", httpx.Response(200, json=tenant_json("team-a", policy=members)))
+
+    shown = run("tenants", "get", "team-a")
+
+    assert shown.exit_code == 0, shown.output
+    policy_lines = [
+        row.removeprefix("Policy").strip() for row in shown.stdout.splitlines() if row.startswith("Policy ")
+    ]
+    assert policy_lines == [line]
+    assert json.loads(run("tenants", "get", "--json", "team-a").stdout)["policy"] == members
+
+
 @pytest.mark.parametrize(
     ("args", "flag"),
     [
@@ -68,6 +151,8 @@ def test_tenants_update_sends_only_what_changes(run: Run, api: FakeApi) -> None:
         (["tenants", "create", "x", "--max-running", "many"], "--max-running"),
         (["tenants", "update", "x", "--pool", "a", "--all-pools"], "--all-pools"),
         (["tenants", "update", "x"], "NAME"),
+        (["tenants", "update", "x", "--restricted", "--allow-network"], "--restricted"),
+        (["tenants", "create", "x", "--no-allow-pid"], "--no-allow-pid"),
     ],
 )
 def test_tenants_bad_flags_are_usage_errors(run: Run, api: FakeApi, args: list[str], flag: str) -> None:

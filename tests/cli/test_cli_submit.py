@@ -77,6 +77,123 @@ def test_every_flag(run: Run, accepts: FakeApi) -> None:
     assert accepts.requests[0].headers["idempotency-key"] == "nightly-2030-01-01"
 
 
+# -- container options ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "container"),
+    [
+        (["--privileged"], {"privileged": True}),
+        (["--host-network"], {"host_network": True}),
+        (["--host-pid"], {"host_pid": True}),
+        (["--network"], {"network": True}),
+        (["--read-only-root"], {"read_only_root": True}),
+        (["--user", "1000"], {"user": "1000"}),
+        (["--user", "1000:100"], {"user": "1000:100"}),
+        (["--user", "nobody"], {"user": "nobody"}),
+        (["--mount", "/srv/data:/data"], {"mounts": [{"source": "/srv/data", "target": "/data", "read_only": True}]}),
+        (
+            ["--mount", "/srv/data:/data:ro"],
+            {"mounts": [{"source": "/srv/data", "target": "/data", "read_only": True}]},
+        ),
+        (["--mount", "/tmp/out:/out:rw"], {"mounts": [{"source": "/tmp/out", "target": "/out", "read_only": False}]}),
+    ],
+)
+def test_each_container_flag_is_sent_alone(
+    run: Run, accepts: FakeApi, args: list[str], container: dict[str, object]
+) -> None:
+    result = run("submit", "--image", "alpine:3", *args, "--", "true")
+
+    assert result.exit_code == 0, result.output
+    assert sent(accepts) == {"command": ["true"], "image": "alpine:3", "container": container}
+
+
+def test_every_container_flag(run: Run, accepts: FakeApi) -> None:
+    result = run(
+        "submit", "--image", "alpine:3",
+        "--privileged", "--host-network", "--host-pid", "--network", "--read-only-root", "--user", "1000:1000",
+        "--mount", "/srv/data:/data", "--mount", "/tmp/out:/out:rw",
+        "--", "true",
+    )  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    assert sent(accepts)["container"] == {
+        "privileged": True,
+        "host_network": True,
+        "host_pid": True,
+        "network": True,
+        "read_only_root": True,
+        "user": "1000:1000",
+        "mounts": [
+            {"source": "/srv/data", "target": "/data", "read_only": True},
+            {"source": "/tmp/out", "target": "/out", "read_only": False},
+        ],
+    }
+
+
+def test_no_container_flag_sends_no_container(run: Run, accepts: FakeApi) -> None:
+    result = run("submit", "--image", "alpine:3", "--", "true")
+
+    assert result.exit_code == 0, result.output
+    assert "container" not in sent(accepts)
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["--privileged"], "--privileged"),
+        (["--network", "--host-pid"], "--host-pid"),
+        (["--mount", "/a:/b"], "--mount"),
+        (["--user", "1000"], "--user"),
+    ],
+)
+def test_container_flags_need_an_image(run: Run, api: FakeApi, args: list[str], flag: str) -> None:
+    result = run("submit", *args, "--", "true")
+
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{flag}': container options need --image" in result.stderr
+    assert api.requests == []
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["--mount", "/srv/data"], "--mount"),
+        (["--mount", ":/data"], "--mount"),
+        (["--mount", "/srv/data:"], "--mount"),
+        (["--mount", "/srv/data:/data:rx"], "--mount"),
+        (["--mount", "/a:/b:ro:rw"], "--mount"),
+        (["--user", "1000:"], "--user"),
+        (["--user", "Root User"], "--user"),
+        (["--mount", "/a:/b"] * 33, "--mount"),
+    ],
+)
+def test_bad_container_flags(run: Run, api: FakeApi, args: list[str], flag: str) -> None:
+    result = run("submit", "--image", "alpine:3", *args, "--", "true")
+
+    assert result.exit_code == 2, result.output
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert f"Invalid value for '{flag}'" in result.stderr
+    assert api.requests == []
+
+
+def test_policy_refusal_is_one_line(run: Run, api: FakeApi) -> None:
+    refusal = problem(
+        403,
+        "policy_forbidden",
+        "tenant team-a's policy does not allow container.privileged",
+        field="container.privileged",
+    )
+    api.on("POST", "/platform/tasks", refusal)
+
+    result = run("submit", "--tenant", "team-a", "--image", "alpine:3", "--privileged", "--", "true")
+
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "taskplane: error: tenant team-a's policy does not allow container.privileged [policy_forbidden]\n"
+    )
+
+
 def test_options_end_at_the_command(run: Run, accepts: FakeApi) -> None:
     result = run("submit", "--cpu", "1", "grep", "-r", "--wait", "x")
 

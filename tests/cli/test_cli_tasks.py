@@ -19,6 +19,12 @@ def ago(**delta: float) -> str:
     return (datetime.now(UTC) - timedelta(**delta)).isoformat()
 
 
+def _row(out: str, key: str) -> str:
+    """The value of the ``key`` line of a ``get`` block."""
+    line = next(line for line in out.splitlines() if line.startswith(key + " "))
+    return line.removeprefix(key).strip()
+
+
 # -- get ----------------------------------------------------------------------------------------------------------
 
 
@@ -70,6 +76,64 @@ def test_get_json(run: Run, api: FakeApi) -> None:
     result = run("get", "--json", "t-1")
     assert result.exit_code == 0
     assert json.loads(result.stdout)["state"] == "running"
+
+
+def test_get_shows_the_owner(run: Run, api: FakeApi) -> None:
+    api.on("GET", "/platform/tasks/t-1", httpx.Response(200, json=task_json("t-1", owner="oidc:alice")))
+    api.on("GET", "/platform/tasks/t-2", httpx.Response(200, json=task_json("t-2", owner=None)))
+
+    shown = run("get", "t-1")
+    assert shown.exit_code == 0, shown.output
+    assert _row(shown.stdout, "Owner") == "oidc:alice"
+    assert _row(run("get", "t-2").stdout, "Owner") == "-"
+
+
+def test_get_shows_container_options(run: Run, api: FakeApi) -> None:
+    container = {
+        "privileged": True,
+        "host_network": True,
+        "host_pid": True,
+        "network": True,
+        "read_only_root": True,
+        "user": "1000:1000",
+        "mounts": [
+            {"source": "/srv/data", "target": "/data", "read_only": True},
+            {"source": "/tmp/out", "target": "/out", "read_only": False},
+        ],
+    }
+    api.on(
+        "GET", "/platform/tasks/t-1", httpx.Response(200, json=task_json("t-1", image="alpine:3", container=container))
+    )
+
+    result = run("get", "t-1")
+
+    assert result.exit_code == 0, result.output
+    assert _row(result.stdout, "Image") == "alpine:3"
+    assert _row(result.stdout, "Container") == (
+        "network, privileged, host network, host PID, read-only root, user 1000:1000"
+    )
+    assert _row(result.stdout, "Mounts") == "/srv/data:/data:ro, /tmp/out:/out:rw"
+    assert json.loads(run("get", "--json", "t-1").stdout)["container"] == container
+
+
+def test_get_container_without_network_or_mounts(run: Run, api: FakeApi) -> None:
+    task = task_json("t-1", image="alpine:3", container={"read_only_root": True})
+    api.on("GET", "/platform/tasks/t-1", httpx.Response(200, json=task))
+
+    result = run("get", "t-1")
+
+    assert result.exit_code == 0, result.output
+    assert _row(result.stdout, "Container") == "no network, read-only root"
+    assert "Mounts" not in result.stdout
+
+
+def test_get_without_container_options_shows_none(run: Run, api: FakeApi) -> None:
+    api.on("GET", "/platform/tasks/t-1", httpx.Response(200, json=task_json("t-1")))
+
+    result = run("get", "t-1")
+
+    assert result.exit_code == 0, result.output
+    assert "Container" not in result.stdout and "Mounts" not in result.stdout
 
 
 def test_get_missing_task(run: Run, api: FakeApi) -> None:

@@ -23,6 +23,7 @@ def task_json(task_id: str = "t-1", state: str = "pending", **overrides: Any) ->
     body: dict[str, Any] = {
         "id": task_id,
         "tenant": "default",
+        "owner": "key:0a1b2c3d4e5f",
         "state": state,
         "priority": 0,
         "command": ["true"],

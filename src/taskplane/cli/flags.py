@@ -7,6 +7,7 @@ user wrote.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from taskplane.domain.quantities import parse_bytes, parse_duration, parse_millicpu
 from taskplane.errors import InvalidRequestError
 from taskplane.wire import TaskSubmit
+from taskplane.wire.tasks import USER_PATTERN
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -45,6 +47,8 @@ _FLAG_OF_FIELD = {
     "retry.max_attempts": "--retries",
     "retry.backoff": "--backoff",
     "idempotency_key": "--idempotency-key",
+    "container.mounts": "--mount",
+    "container.user": "--user",
 }
 
 
@@ -153,12 +157,63 @@ class SubmitFlags:
     reservation: str | None = None
     extended: list[str] = field(default_factory=list)
     simulated_duration: str | None = None
+    privileged: bool = False
+    host_network: bool = False
+    host_pid: bool = False
+    network: bool = False
+    mounts: list[str] = field(default_factory=list)
+    read_only_root: bool = False
+    user: str | None = None
+
+
+_MOUNT_MODES = {"ro": True, "rw": False}
+
+
+def parse_mount(value: str, flag: str = "--mount") -> dict[str, Any]:
+    """Parse ``SRC:DST[:ro|rw]`` (read-only unless ``rw``) into a mount; the server checks the paths."""
+    parts = value.split(":")
+    mode = parts.pop() if len(parts) == 3 else "ro"
+    if len(parts) != 2 or not all(parts) or mode not in _MOUNT_MODES:
+        raise typer.BadParameter(
+            f"{value!r} must look like SOURCE:TARGET[:ro|rw], e.g. /srv/data:/data:ro", param_hint=f"'{flag}'"
+        )
+    source, target = parts
+    return {"source": source, "target": target, "read_only": _MOUNT_MODES[mode]}
+
+
+def _container(flags: SubmitFlags) -> dict[str, Any]:
+    """The ``container`` members the flags set (only those given); they need ``--image``."""
+    switches = {
+        "--privileged": ("privileged", flags.privileged),
+        "--host-network": ("host_network", flags.host_network),
+        "--host-pid": ("host_pid", flags.host_pid),
+        "--network": ("network", flags.network),
+        "--read-only-root": ("read_only_root", flags.read_only_root),
+    }
+    container: dict[str, Any] = {key: True for key, on in switches.values() if on}
+    given = [flag for flag, (_, on) in switches.items() if on]
+    if flags.mounts:
+        container["mounts"] = [parse_mount(item) for item in flags.mounts]
+        given.append("--mount")
+    if flags.user is not None:
+        if re.fullmatch(USER_PATTERN, flags.user) is None:
+            raise typer.BadParameter(
+                f"{flags.user!r} is not a uid, uid:gid or user name (examples: 1000, 1000:1000, nobody)",
+                param_hint="'--user'",
+            )
+        container["user"] = flags.user
+        given.append("--user")
+    if given and flags.image is None:
+        # The server refuses it too; saying so here names the flag and sends nothing.
+        raise typer.BadParameter("container options need --image", param_hint=f"'{given[0]}'")
+    return container
 
 
 def build_task(flags: SubmitFlags) -> TaskSubmit:
     """Build the ``TaskSubmit`` the flags describe; only flags that were given are set.
 
-    ``--retries N`` means N extra attempts: ``retry.max_attempts = N + 1``.
+    ``--retries N`` means N extra attempts: ``retry.max_attempts = N + 1``. Container options (``--privileged``,
+    ``--mount``...) are sent as ``container`` only when one is given, and need ``--image``.
     """
     fields: dict[str, Any] = {"command": list(flags.command)}
     if flags.shell:
@@ -199,6 +254,9 @@ def build_task(flags: SubmitFlags) -> TaskSubmit:
         fields["env"] = parse_pairs(flags.env, "--env")
     if flags.selector:
         fields["node_selector"] = parse_pairs(flags.selector, "--selector")
+    container = _container(flags)
+    if container:
+        fields["container"] = container
     return validated(TaskSubmit, fields, _FLAG_OF_FIELD)
 
 
@@ -220,6 +278,12 @@ class TenantFlags:
     priority_min: int | None = None
     priority_max: int | None = None
     borrowing: bool | None = None
+    allow_privileged: bool | None = None
+    allow_host_network: bool | None = None
+    allow_host_pid: bool | None = None
+    allow_host_mounts: bool | None = None
+    allow_network: bool | None = None
+    restricted: bool = False
 
 
 def _quota_value(parse: Callable[[str, str], object], value: str | None, flag: str) -> tuple[bool, object]:
@@ -276,7 +340,25 @@ def tenant_fields(flags: TenantFlags) -> dict[str, Any]:
         body["priority_range"] = priority
     if flags.borrowing is not None:
         body["borrowing"] = flags.borrowing
+    policy = _policy(flags)
+    if policy or flags.restricted:
+        body["policy"] = policy or None
     return body
+
+
+def _policy(flags: TenantFlags) -> dict[str, bool]:
+    """The ``policy`` members the ``--allow-*`` flags set; ``--restricted`` (sent as ``null``) excludes them."""
+    members = {
+        "allow_privileged": flags.allow_privileged,
+        "allow_host_network": flags.allow_host_network,
+        "allow_host_pid": flags.allow_host_pid,
+        "allow_host_mounts": flags.allow_host_mounts,
+        "allow_network": flags.allow_network,
+    }
+    policy = {key: value for key, value in members.items() if value is not None}
+    if policy and flags.restricted:
+        raise typer.BadParameter("give --allow-* options or --restricted, not both", param_hint="'--restricted'")
+    return policy
 
 
 def validated(model: type[M], fields: dict[str, Any], flags_of: dict[str, str]) -> M:

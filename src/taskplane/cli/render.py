@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from taskplane.domain.quantities import format_duration
-from taskplane.wire import CapacityOut, ResourcesOut, TaskOut
+from taskplane.wire import CapacityOut, ContainerOut, ResourcesOut, TaskOut
 
 STATE_STYLES = {
     "pending": "yellow",
@@ -120,6 +120,18 @@ def resources(res: ResourcesOut) -> str:
     return text + "".join(f", {name} {amount}" for name, amount in sorted(res.extended.items()))
 
 
+def container(c: ContainerOut) -> str:
+    """A task's container options in one line: ``no network, privileged, read-only root, user 1000``."""
+    switches = (
+        ("privileged", c.privileged),
+        ("host network", c.host_network),
+        ("host PID", c.host_pid),
+        ("read-only root", c.read_only_root),
+    )
+    parts = ["network" if c.network else "no network"] + [what for what, on in switches if on]
+    return ", ".join(parts + ([f"user {c.user}"] if c.user else []))
+
+
 def final_line(task: TaskOut) -> str:
     """Return the one-line summary of a finished task: ``<id> failed (exit 3) after 1.2s: user: ...``."""
     line = f"{task.id} {task.state}"
@@ -158,6 +170,7 @@ def _details(task: TaskOut, now: datetime) -> Table:
         ("ID", task.id),
         ("Name", task.name or "-"),
         ("Tenant", task.tenant),
+        ("Owner", task.owner or "-"),
         ("State", state_text(task.state + (" (cancel requested)" if task.cancel_requested else ""))),
     ]
     if task.pending_reason is not None:
@@ -176,6 +189,11 @@ def _details(task: TaskOut, now: datetime) -> Table:
     ]
     if task.image:
         rows.append(("Image", task.image))
+    if task.container is not None:
+        rows.append(("Container", container(task.container)))
+        if task.container.mounts:
+            mounts = (f"{m.source}:{m.target}:{'ro' if m.read_only else 'rw'}" for m in task.container.mounts)
+            rows.append(("Mounts", ", ".join(mounts)))
     if task.workdir:
         rows.append(("Workdir", task.workdir))
     rows.append(("Resources", resources(task.resources)))

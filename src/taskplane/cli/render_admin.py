@@ -9,7 +9,7 @@ from rich.text import Text
 
 from taskplane.cli.render import age, human_bytes, resources, timestamp
 from taskplane.domain.quantities import format_duration
-from taskplane.wire import QuotaOut, ReservationOut, ResourcesOut, ResourcesReport, TenantOut, UsageReport
+from taskplane.wire import PolicyOut, QuotaOut, ReservationOut, ResourcesOut, ResourcesReport, TenantOut, UsageReport
 
 RESERVATION_STYLES = {"pending": "yellow", "active": "green", "released": "dim", "expired": "dim"}
 
@@ -31,6 +31,22 @@ def quota(q: QuotaOut) -> str:
         f"cpu {_unlimited(q.cpu)}, memory {_unlimited(q.memory)}, gpu {_unlimited(q.gpu)}, "
         f"running {_unlimited(q.max_running)}, pending {_unlimited(q.max_pending)}"
     )
+
+
+def policy(p: PolicyOut) -> str:
+    """What a tenant's containers may do: ``allows host mounts, network``, or ``none (restricted)``."""
+    allowed = [
+        what
+        for what, allows in (
+            ("privileged", p.allow_privileged),
+            ("host network", p.allow_host_network),
+            ("host PID", p.allow_host_pid),
+            ("host mounts", p.allow_host_mounts),
+            ("network", p.allow_network),
+        )
+        if allows
+    ]
+    return "allows " + ", ".join(allowed) if allowed else "none (restricted)"
 
 
 def tenant_table(tenants: list[TenantOut]) -> Table:
@@ -66,6 +82,7 @@ def tenant_details(t: TenantOut, now: datetime) -> Table:
         ("Pools", "all" if t.pools is None else ", ".join(t.pools)),
         ("Priorities", f"{t.priority_range.min}..{t.priority_range.max}"),
         ("Borrowing", "yes" if t.borrowing else "no"),
+        ("Policy", policy(t.policy)),
     ]
     if t.status is not None:
         rows += [

@@ -19,6 +19,7 @@ from taskplane.wire import TaskList, TaskOut
 _SPEC = "Task spec"
 _POLICY = "Timeouts and retries"
 _PLACE = "Placement"
+_HOST = "Container (with --image; each needs the tenant's policy)"
 
 
 def submit(
@@ -60,6 +61,36 @@ def submit(
         str | None, typer.Option(help="Container image (podman and Kubernetes executors).", rich_help_panel=_SPEC)
     ] = None,
     shell: Annotated[bool, typer.Option("--shell", help="Run COMMAND through sh -c.", rich_help_panel=_SPEC)] = False,
+    privileged: Annotated[
+        bool, typer.Option("--privileged", help="Run the container privileged.", rich_help_panel=_HOST)
+    ] = False,
+    host_network: Annotated[
+        bool, typer.Option("--host-network", help="Use the host's network namespace.", rich_help_panel=_HOST)
+    ] = False,
+    host_pid: Annotated[
+        bool, typer.Option("--host-pid", help="Use the host's PID namespace.", rich_help_panel=_HOST)
+    ] = False,
+    network: Annotated[
+        bool, typer.Option("--network", help="Give the container a network (default: none).", rich_help_panel=_HOST)
+    ] = False,
+    mount: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--mount",
+            metavar="SRC:DST[:ro|rw]",
+            help="Mount a host path, read-only unless :rw; repeatable.",
+            rich_help_panel=_HOST,
+        ),
+    ] = None,
+    read_only_root: Annotated[
+        bool, typer.Option("--read-only-root", help="Mount the image's root read-only.", rich_help_panel=_HOST)
+    ] = False,
+    user: Annotated[
+        str | None,
+        typer.Option(
+            metavar="UID[:GID]", help="Run as this uid (or user name); default: the image's.", rich_help_panel=_HOST
+        ),
+    ] = None,
     extended: Annotated[
         list[str] | None,
         typer.Option(
@@ -115,6 +146,13 @@ def submit(
         reservation=reservation,
         extended=extended or [],
         simulated_duration=simulated_duration,
+        privileged=privileged,
+        host_network=host_network,
+        host_pid=host_pid,
+        network=network,
+        mounts=mount or [],
+        read_only_root=read_only_root,
+        user=user,
     )
     task = build_task(flags)
     with options.client() as tp:
@@ -147,7 +185,7 @@ def _wait_to_end(tp: Client, task: TaskOut) -> TaskOut:
 
 
 def get(ctx: typer.Context, task_id: Annotated[str, typer.Argument(metavar="ID")], as_json: JsonFlag = False) -> None:
-    """Show one task: its state, why it is pending, and its attempts."""
+    """Show one task: its state, owner, why it is pending, container options and attempts."""
     options = cli_context(ctx)
     with options.client() as tp:
         task = tp.get(task_id)

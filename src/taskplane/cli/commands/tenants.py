@@ -1,4 +1,4 @@
-"""``tenants create|update|get|list|delete``: tenants, their quotas, weights, pools and priority ranges."""
+"""``tenants create|update|get|list|delete``: tenants, their quotas, weights, pools, priority ranges and policies."""
 
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ from taskplane.wire import TenantCreate, TenantOut, TenantUpdate
 
 app = typer.Typer(
     name="tenants",
-    help="Create, change, show and delete tenants (quota, fair-share weight, pools, priorities).",
+    help="Create, change, show and delete tenants (quota, fair-share weight, pools, priorities, host access).",
 )
 
 _QUOTA = "Quota ('unlimited' lifts a limit)"
 _POLICY = "Scheduling"
+_HOST = "Host access of container tasks (default: none)"
 
 _FLAG_OF_FIELD = {
     "name": "NAME",
@@ -49,6 +50,38 @@ Borrowing = Annotated[
     bool | None,
     typer.Option("--borrowing/--no-borrowing", help="May use idle capacity beyond its quota.", rich_help_panel=_POLICY),
 ]
+AllowPrivileged = Annotated[
+    bool | None,
+    typer.Option(
+        "--allow-privileged/--no-allow-privileged", help="May run privileged containers.", rich_help_panel=_HOST
+    ),
+]
+AllowHostNetwork = Annotated[
+    bool | None,
+    typer.Option(
+        "--allow-host-network/--no-allow-host-network", help="May use the host's network.", rich_help_panel=_HOST
+    ),
+]
+AllowHostPid = Annotated[
+    bool | None,
+    typer.Option(
+        "--allow-host-pid/--no-allow-host-pid", help="May use the host's PID namespace.", rich_help_panel=_HOST
+    ),
+]
+AllowHostMounts = Annotated[
+    bool | None,
+    typer.Option(
+        "--allow-host-mounts/--no-allow-host-mounts", help="May mount host paths (--mount).", rich_help_panel=_HOST
+    ),
+]
+AllowNetwork = Annotated[
+    bool | None,
+    typer.Option("--allow-network/--no-allow-network", help="May have any network (--network).", rich_help_panel=_HOST),
+]
+Restricted = Annotated[
+    bool,
+    typer.Option("--restricted", help="Allow no host access (resets every --allow-*).", rich_help_panel=_HOST),
+]
 
 
 def _show(ctx: typer.Context, tenant: TenantOut, as_json: bool) -> None:
@@ -73,11 +106,36 @@ def create(
     priority_min: PriorityMin = None,
     priority_max: PriorityMax = None,
     borrowing: Borrowing = None,
+    allow_privileged: AllowPrivileged = None,
+    allow_host_network: AllowHostNetwork = None,
+    allow_host_pid: AllowHostPid = None,
+    allow_host_mounts: AllowHostMounts = None,
+    allow_network: AllowNetwork = None,
+    restricted: Restricted = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Create a tenant. Limits not given are unlimited; every pool and priority is allowed unless narrowed."""
+    """Create a tenant. Limits not given are unlimited; every pool and priority is allowed unless narrowed.
+
+    Container tasks get no host access (no network either) unless an --allow-* option grants it.
+    """
     flags = TenantFlags(
-        cpu, memory, gpu, max_running, max_pending, weight, pool or [], all_pools, priority_min, priority_max, borrowing
+        cpu=cpu,
+        memory=memory,
+        gpu=gpu,
+        max_running=max_running,
+        max_pending=max_pending,
+        weight=weight,
+        pools=pool or [],
+        all_pools=all_pools,
+        priority_min=priority_min,
+        priority_max=priority_max,
+        borrowing=borrowing,
+        allow_privileged=allow_privileged,
+        allow_host_network=allow_host_network,
+        allow_host_pid=allow_host_pid,
+        allow_host_mounts=allow_host_mounts,
+        allow_network=allow_network,
+        restricted=restricted,
     )
     body = validated(TenantCreate, {"name": name, **tenant_fields(flags)}, _FLAG_OF_FIELD)
     with cli_context(ctx).client() as tp:
@@ -99,11 +157,36 @@ def update(
     priority_min: PriorityMin = None,
     priority_max: PriorityMax = None,
     borrowing: Borrowing = None,
+    allow_privileged: AllowPrivileged = None,
+    allow_host_network: AllowHostNetwork = None,
+    allow_host_pid: AllowHostPid = None,
+    allow_host_mounts: AllowHostMounts = None,
+    allow_network: AllowNetwork = None,
+    restricted: Restricted = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Change only the settings given: taskplane tenants update team-a --cpu 32 --max-pending unlimited."""
+    """Change only the settings given: taskplane tenants update team-a --cpu 32 --max-pending unlimited.
+
+    --allow-X/--no-allow-X change one permission and keep the others; --restricted withdraws them all.
+    """
     flags = TenantFlags(
-        cpu, memory, gpu, max_running, max_pending, weight, pool or [], all_pools, priority_min, priority_max, borrowing
+        cpu=cpu,
+        memory=memory,
+        gpu=gpu,
+        max_running=max_running,
+        max_pending=max_pending,
+        weight=weight,
+        pools=pool or [],
+        all_pools=all_pools,
+        priority_min=priority_min,
+        priority_max=priority_max,
+        borrowing=borrowing,
+        allow_privileged=allow_privileged,
+        allow_host_network=allow_host_network,
+        allow_host_pid=allow_host_pid,
+        allow_host_mounts=allow_host_mounts,
+        allow_network=allow_network,
+        restricted=restricted,
     )
     fields = tenant_fields(flags)
     if not fields:
