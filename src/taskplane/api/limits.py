@@ -6,9 +6,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from taskplane.api.errors import problem
 
+BATCH_PATH = "/platform/tasks/batch"
+
 
 class BodyLimitMiddleware:
-    """Refuses bodies over ``limit`` bytes (``batch_limit`` for paths ending in ``/batch``).
+    """Refuses bodies over ``limit`` bytes (``batch_limit`` for ``POST /platform/tasks/batch`` only).
 
     With ``Content-Length`` the check is immediate; a chunked body is read up to the limit first and then
     replayed, so it cannot get around the limit either.
@@ -24,7 +26,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
-        limit = self.batch_limit if scope["path"].endswith("/batch") else self.limit
+        limit = self.batch_limit if scope["path"] == BATCH_PATH else self.limit
         declared: int | None = None
         for name, value in scope.get("headers", ()):
             if name == b"content-length":

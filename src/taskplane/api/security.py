@@ -27,7 +27,7 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from taskplane.api.errors import error_response, problem
-from taskplane.api.permissions import MUTATING, ROUTES, Rule
+from taskplane.api.permissions import AUTHENTICATED, MUTATING, ROUTES, Rule
 from taskplane.domain.access import ALL_TENANTS, Binding, Principal, PrincipalKind
 from taskplane.domain.audit import AuditEntry, AuditOutcome
 from taskplane.errors import (
@@ -143,17 +143,19 @@ class SecurityMiddleware:
                 return found
             if partial is None:
                 partial = next(iter(rules.values()), None)
-        return partial
+        # Another method of a public path (POST /healthz) is public only in its GET form: authenticate, then 405.
+        return AUTHENTICATED if partial is not None and partial.scope == "public" else partial
 
     def _source(self, scope: Scope, headers: dict[bytes, bytes]) -> str:
         client = scope.get("client")
         peer = client[0] if client else ""
         if not self._config.trusted_proxies or not self._trusted(peer):
             return peer
-        forwarded = headers.get(b"x-forwarded-for")
-        if not forwarded:
+        # Repeated header lines are one comma-joined list (RFC 9110); proxies may each add their own line.
+        lines = [v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"x-forwarded-for"]
+        if not lines:
             return peer
-        hops = [h.strip() for h in forwarded.decode("latin-1").split(",") if h.strip()]
+        hops = [h.strip() for h in ",".join(lines).split(",") if h.strip()]
         for hop in reversed(hops):  # the right-most address no trusted proxy vouches for
             if not self._trusted(hop):
                 return hop
@@ -243,9 +245,12 @@ class SecurityMiddleware:
             return
         scope.setdefault("state", {})["caller"] = caller
         mutating = method in MUTATING
+        started = False
 
         async def send_audited(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 status = int(message["status"])
                 needs_record = (mutating and not caller.audited) or caller.denied is not None
                 if needs_record:
@@ -267,6 +272,17 @@ class SecurityMiddleware:
             await self.app(scope, receive, send_audited)
         except _Refused:
             return
+        except Exception:
+            # A bug below: answer the 500 here, so it is audited and carries the headers like any answer
+            # (Starlette's own 500 handler sits outside this middleware).
+            log.exception("unhandled error in %s %s (request %s)", method, scope["path"], request_id)
+            if started:
+                raise
+            crash = problem(500, "internal", "Internal error", "an unexpected error occurred; see the server log")
+            try:
+                await crash(scope, receive, send_audited)
+            except _Refused:
+                return
 
     async def _admit(
         self, scope: Scope, headers: dict[bytes, bytes], rule: Rule | None, request_id: str, source: str

@@ -8,7 +8,7 @@ is stored together with its audit entry; the audit log itself is read-only over 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import orjson
 
@@ -190,6 +190,11 @@ class SecurityService:
             if expires_at is not None:
                 raise InvalidRequestError("give expires_in or expires_at, not both", code="invalid_field")
             expires_at = now + timedelta(seconds=body.expires_in)
+        if expires_at is not None:
+            try:
+                expires_at.astimezone(UTC)
+            except OverflowError:
+                raise InvalidRequestError("expires_at is out of range", code="invalid_field") from None
         if expires_at is not None and expires_at <= now:
             raise InvalidRequestError("expires_at is in the past", code="invalid_field", field="expires_at")
         minted = self._auth.mint(

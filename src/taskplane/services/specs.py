@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Protocol
 
 import orjson
@@ -300,6 +300,13 @@ def _timeouts(sub: TaskSubmit, now: datetime) -> Timeouts:
     t = sub.timeouts
     if t is None:
         return Timeouts()
+    if t.deadline is not None:
+        try:
+            t.deadline.astimezone(UTC)
+        except OverflowError:
+            raise InvalidRequestError(
+                "timeouts.deadline is out of range", code="invalid_field", field="timeouts.deadline"
+            ) from None
     if t.deadline is not None and t.deadline <= now:
         raise InvalidRequestError("timeouts.deadline is in the past", code="invalid_field", field="timeouts.deadline")
     return Timeouts(

@@ -14,16 +14,14 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
+from taskplane.wire.base import InModel
 from taskplane.wire.tasks import Quantity, ResourcesOut
 
-_IN = ConfigDict(extra="forbid", strict=False, frozen=True)
 _OUT = ConfigDict(extra="ignore", frozen=True)
 
 
-class QuotaIn(BaseModel):
+class QuotaIn(InModel):
     """A tenant's nominal quota; a missing or ``null`` member is unlimited (on update: see the module)."""
-
-    model_config = _IN
 
     cpu: Quantity | None = Field(default=None, description="cores: 4, 0.5, or '500m'")
     memory: Quantity | None = Field(default=None, description="bytes, or '16Gi'")
@@ -32,19 +30,15 @@ class QuotaIn(BaseModel):
     max_pending: StrictInt | None = Field(default=None, description="tasks waiting at once (429 beyond)")
 
 
-class PriorityRangeIn(BaseModel):
+class PriorityRangeIn(InModel):
     """The priorities a tenant's tasks and reservations may use, both ends included."""
-
-    model_config = _IN
 
     min: StrictInt | None = None
     max: StrictInt | None = None
 
 
-class PolicyIn(BaseModel):
+class PolicyIn(InModel):
     """What the tenant's container tasks may ask of the host; a missing or ``null`` member is ``false``."""
-
-    model_config = _IN
 
     allow_privileged: StrictBool | None = None
     allow_host_network: StrictBool | None = None
@@ -53,10 +47,8 @@ class PolicyIn(BaseModel):
     allow_network: StrictBool | None = Field(default=None, description="containers get no network without it")
 
 
-class TenantCreate(BaseModel):
+class TenantCreate(InModel):
     """A tenant to create."""
-
-    model_config = _IN
 
     name: StrictStr = Field(description="a DNS label: ^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
     quota: QuotaIn | None = None
@@ -67,10 +59,8 @@ class TenantCreate(BaseModel):
     policy: PolicyIn | None = Field(default=None, description="host access of container tasks; default: none")
 
 
-class TenantUpdate(BaseModel):
+class TenantUpdate(InModel):
     """A merge patch of a tenant: only the members sent change."""
-
-    model_config = _IN
 
     quota: QuotaIn | None = None
     weight: StrictInt | StrictFloat | None = None

@@ -6,9 +6,9 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
+from taskplane.wire.base import InModel
 from taskplane.wire.tasks import Duration, ResourcesIn, ResourcesOut
 
-_IN = ConfigDict(extra="forbid", strict=False, frozen=True)
 _OUT = ConfigDict(extra="ignore", frozen=True)
 
 
@@ -58,14 +58,12 @@ class ResourcesReport(BaseModel):
     free: ResourcesOut
 
 
-class ReserveRequest(BaseModel):
+class ReserveRequest(InModel):
     """Hold ``count`` slots of ``resources`` in ``pool`` for ``tenant``, all or none.
 
     ``duration`` runs from when the reservation becomes active; ``ttl`` from now. At least one is required;
     with both, the earlier end wins.
     """
-
-    model_config = _IN
 
     tenant: StrictStr = "default"
     pool: StrictStr | None = Field(default=None, description="default: the tenant's first allowed pool")

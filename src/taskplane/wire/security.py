@@ -10,19 +10,20 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
-_IN = ConfigDict(extra="forbid", strict=False, frozen=True)
+from taskplane.wire.base import InModel
+
 _OUT = ConfigDict(extra="ignore", frozen=True)
 
 _NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 _TENANT_OR_ALL = r"^(\*|[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)$"
 
 
-class TokenCreate(BaseModel):
+class TokenCreate(InModel):
     """A new API key: for whom, in which tenant (``"*"``: platform-wide), with which roles, until when."""
 
-    model_config = _IN
-
-    owner: StrictStr = Field(min_length=1, max_length=128, description="who uses it (a person or a service)")
+    owner: StrictStr = Field(
+        min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$", description="who uses it (a person or a service)"
+    )
     tenant: StrictStr | None = Field(
         default=None, pattern=_TENANT_OR_ALL, description="default: the caller's only tenant"
     )
@@ -64,19 +65,15 @@ class TokenList(BaseModel):
     items: list[TokenOut]
 
 
-class RuleIn(BaseModel):
+class RuleIn(InModel):
     """Verbs x resources; ``"*"`` for all of either."""
-
-    model_config = _IN
 
     verbs: list[StrictStr] = Field(min_length=1, max_length=16)
     resources: list[StrictStr] = Field(min_length=1, max_length=32)
 
 
-class RoleCreate(BaseModel):
+class RoleCreate(InModel):
     """A custom role."""
-
-    model_config = _IN
 
     name: StrictStr = Field(pattern=_NAME)
     rules: list[RuleIn] = Field(min_length=1, max_length=64)
@@ -113,12 +110,10 @@ class RoleList(BaseModel):
     items: list[RoleOut]
 
 
-class BindingCreate(BaseModel):
+class BindingCreate(InModel):
     """Grant ``role`` in ``tenant`` to a principal ``subject`` (``oidc:<sub>`` or ``key:<id>``)."""
 
-    model_config = _IN
-
-    subject: StrictStr = Field(min_length=3, max_length=256, pattern=r"^(oidc|key):[^\s]+$")
+    subject: StrictStr = Field(min_length=3, max_length=256, pattern=r"^(oidc|key):[^\s\x00-\x1f\x7f]+$")
     tenant: StrictStr = Field(pattern=_TENANT_OR_ALL)
     role: StrictStr = Field(min_length=1, max_length=63)
 

@@ -13,17 +13,16 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
+from taskplane.wire.base import InModel
+
 Quantity = StrictInt | StrictFloat | StrictStr
 Duration = StrictInt | StrictFloat | StrictStr
 
-_IN = ConfigDict(extra="forbid", strict=False, frozen=True)
 _OUT = ConfigDict(extra="ignore", frozen=True)
 
 
-class ResourcesIn(BaseModel):
+class ResourcesIn(InModel):
     """Requested resources. Missing fields take the server's defaults; all zero means best-effort."""
-
-    model_config = _IN
 
     cpu: Quantity | None = Field(default=None, description="cores: 2, 0.5, or '500m'")
     memory: Quantity | None = Field(default=None, description="bytes, or '256Mi', '1G'")
@@ -33,10 +32,8 @@ class ResourcesIn(BaseModel):
     )
 
 
-class TimeoutsIn(BaseModel):
+class TimeoutsIn(InModel):
     """Time limits: ``queue`` (time pending), ``run`` (per attempt), ``deadline`` (absolute, whole task)."""
-
-    model_config = _IN
 
     queue: Duration | None = None
     run: Duration | None = None
@@ -48,20 +45,16 @@ MAX_MOUNTS = 32
 USER_PATTERN = r"^([0-9]{1,10}(:[0-9]{1,10})?|[a-z_][a-z0-9_-]{0,31})$"
 
 
-class MountIn(BaseModel):
+class MountIn(InModel):
     """A host path mounted into the container; needs the tenant's ``allow_host_mounts``."""
-
-    model_config = _IN
 
     source: StrictStr = Field(description="absolute path on the host")
     target: StrictStr = Field(description="absolute path in the container, not '/'")
     read_only: StrictBool = True
 
 
-class ContainerIn(BaseModel):
+class ContainerIn(InModel):
     """What a container task asks of its host (needs ``image``). Each capability needs the tenant's policy."""
-
-    model_config = _IN
 
     privileged: StrictBool = False
     host_network: StrictBool = False
@@ -77,10 +70,8 @@ class ContainerIn(BaseModel):
 FailureClassName = Literal["user", "infra", "timeout", "preempted"]
 
 
-class RetryIn(BaseModel):
+class RetryIn(InModel):
     """Retry policy. ``max_attempts`` counts the first run. Infra failures retry on their own budget."""
-
-    model_config = _IN
 
     max_attempts: StrictInt = Field(default=1, ge=1, le=100)
     backoff: Duration | None = Field(default=None, description="initial delay, default 1s")
@@ -90,10 +81,8 @@ class RetryIn(BaseModel):
     retry_on: list[FailureClassName] | None = Field(default=None, description="default: user, infra")
 
 
-class TaskSubmit(BaseModel):
+class TaskSubmit(InModel):
     """A task to run."""
-
-    model_config = _IN
 
     command: list[StrictStr] = Field(description="argv; executed without a shell unless shell is true")
     shell: StrictBool = False
@@ -115,10 +104,8 @@ class TaskSubmit(BaseModel):
     container: ContainerIn | None = Field(default=None, description="host access of a container task")
 
 
-class BatchSubmit(BaseModel):
+class BatchSubmit(InModel):
     """Up to ``max_batch`` (default 1,000) tasks created in one transaction."""
-
-    model_config = _IN
 
     tasks: list[TaskSubmit]
 

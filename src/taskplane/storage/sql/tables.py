@@ -62,6 +62,12 @@ def to_micros(value: datetime) -> int:
         raise InvalidRequestError(
             f"naive datetime {value.isoformat()}: timestamps must be timezone-aware", code="naive_datetime"
         )
+    try:
+        value.astimezone(UTC)  # e.g. 9999-12-31T23:59:59-23:00 has no UTC form
+    except OverflowError:
+        raise InvalidRequestError(
+            f"{value.isoformat()} is out of range: timestamps must fall in years 1-9999 in UTC", code="out_of_range"
+        ) from None
     return (value - EPOCH) // _MICROSECOND
 
 
