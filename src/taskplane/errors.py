@@ -12,6 +12,7 @@ errors into these with ``raise ... from exc``; nothing matches on message text.
     +-- UnauthenticatedError         (401) no, bad, expired or revoked credentials
     +-- ForbiddenError               (403) authenticated, but no role grants the action
     +-- NotFoundError                (404) missing, or another tenant's (the two look the same)
+    +-- CompactedError               (410) a revision older than the kept history (member ``oldest_revision``)
     +-- ConflictError                (409)
     |   +-- InvalidTransitionError   (409) e.g. cancelling a finished task
     |   +-- IdempotencyConflictError (409) same key, different request
@@ -92,6 +93,13 @@ class NotFoundError(TaskplaneError):
     title = "Not found"
 
 
+class CompactedError(TaskplaneError):
+    """A read or watch from a revision the store no longer keeps; retry from ``oldest_revision``."""
+
+    code = "compacted"
+    title = "Revision compacted"
+
+
 class ConflictError(TaskplaneError):
     """The request conflicts with the current state of the object."""
 
@@ -156,6 +164,7 @@ ERRORS_BY_CODE: dict[str, type[TaskplaneError]] = {
         UnauthenticatedError,
         ForbiddenError,
         NotFoundError,
+        CompactedError,
         ConflictError,
         InvalidTransitionError,
         IdempotencyConflictError,

@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from taskplane.errors import (
+    CompactedError,
     ConflictError,
     ForbiddenError,
     IdempotencyConflictError,
@@ -42,6 +43,7 @@ STATUS: dict[type[TaskplaneError], int] = {
     UnauthenticatedError: 401,
     ForbiddenError: 403,
     NotFoundError: 404,
+    CompactedError: 410,
     ConflictError: 409,
     InvalidTransitionError: 409,
     IdempotencyConflictError: 409,

@@ -17,6 +17,7 @@ from taskplane.domain.audit import AuditEntry, AuditRecord, Checkpoint
 from taskplane.domain.outcome import AttemptOutcome
 from taskplane.domain.reservation import Reservation
 from taskplane.domain.resources import Resources
+from taskplane.domain.state import Event, KeyValue, KVPage, Lease, Txn, TxnResult
 from taskplane.domain.task import Attempt, Task, TaskState
 from taskplane.domain.tenant import Tenant
 
@@ -317,7 +318,77 @@ class SecurityStore(Protocol):
         ...
 
 
-# ----------------------------------------------------------------------------------------- executors
+# --------------------------------------------------------------------------------------------- state
+
+
+@dataclass(frozen=True, slots=True)
+class KVLimits:
+    """Sizes a ``KVStore`` enforces (services check them first; the store checks again)."""
+
+    max_value_bytes: int = 1 << 20
+    max_ops: int = 128
+    max_txn_bytes: int = 4 << 20
+
+
+class KVStore(Protocol):
+    """The state API's store: per-tenant keys, store-wide revisions, leases, history. Each call is atomic.
+
+    ``now`` is the caller's clock: a key whose lease expired before ``now`` is missing for every read and
+    compare, even before ``expire_leases`` records its deletion. Values are JSON-compatible Python values.
+    """
+
+    async def txn(self, tenant: str, txn: Txn, now: datetime) -> TxnResult:
+        """Evaluate the compares and apply one branch atomically; writes bump the revision once.
+
+        A put naming a lease that is missing, another tenant's, or expired raises ``NotFoundError``
+        (``lease_not_found``) and nothing is written. A branch without writes leaves the revision as it is.
+        """
+        ...
+
+    async def get(self, tenant: str, key: str, now: datetime, revision: int | None = None) -> KeyValue | None:
+        """The entry of ``key`` (at ``revision`` if given: ``CompactedError`` below the kept history)."""
+        ...
+
+    async def range(
+        self, tenant: str, prefix: str, now: datetime, limit: int, after: str | None = None, revision: int | None = None
+    ) -> KVPage:
+        """Entries whose key starts with ``prefix``, in key order, after the key ``after``, at most ``limit``."""
+        ...
+
+    async def grant_lease(self, tenant: str, ttl: float, now: datetime) -> Lease:
+        """A new lease expiring at ``now + ttl``."""
+        ...
+
+    async def keepalive(self, tenant: str, lease_id: int, now: datetime) -> Lease:
+        """Push the lease's expiry to ``now + ttl``; ``NotFoundError`` (``lease_not_found``) once expired."""
+        ...
+
+    async def get_lease(self, tenant: str, lease_id: int, now: datetime) -> Lease | None:
+        """A live lease with the keys attached to it, or ``None``."""
+        ...
+
+    async def revoke_lease(self, tenant: str, lease_id: int, now: datetime) -> int:
+        """Delete the lease and its keys (one revision); the store's revision after it."""
+        ...
+
+    async def expire_leases(self, now: datetime, limit: int = 1000) -> int:
+        """Delete the keys of leases expired at ``now`` (a delete revision each txn); how many leases ended."""
+        ...
+
+    async def events(self, tenant: str, prefix: str, from_revision: int, limit: int) -> list[Event]:
+        """Changes of the tenant's keys under ``prefix`` with revision >= ``from_revision``, in order.
+
+        ``CompactedError`` (member ``oldest_revision``) when ``from_revision`` is older than the kept history.
+        """
+        ...
+
+    async def revision(self) -> int:
+        """The store's current revision (0 before the first write)."""
+        ...
+
+    async def compact(self, keep_from: int) -> int:
+        """Drop history older than revision ``keep_from``; returns the oldest revision still readable."""
+        ...
 
 
 class LogStream(enum.StrEnum):
