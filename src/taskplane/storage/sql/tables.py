@@ -19,6 +19,13 @@ SQLite and PostgreSQL. Structured values (the task spec, pending reasons, event 
     audit_head                   one row: the chain's head (seq, hash), moved in every appending transaction;
                                  its row lock serializes appenders
 
+    kv                           the state API's live entries, key (tenant, key); lease_id names a kv_leases row
+    kv_history                   one row per changed key per revision (puts and tombstones), key
+                                 (tenant, key, revision): watch events and reads at a past revision
+    kv_leases                    leases by id: tenant, ttl, expiry; their keys are the kv rows naming them
+    meta kv_revision             the store-wide revision (its row lock serializes state writers on PostgreSQL)
+    meta kv_compacted            history up to this revision is compacted (the oldest readable is one more)
+
 Keys, bindings and roles refer to each other by name without foreign keys (built-in roles have no row); the
 store checks references inside its transactions (``storage/sql/security.py``). ``audit_head`` is a table of its
 own rather than rows of ``meta`` because the head's hash is text; its one row exists from the migration on
@@ -321,3 +328,57 @@ META_EPOCH = "epoch"
 
 META_SCHEMA_GENERATION = "schema_generation"
 """The schema generation the data was written with (the number of the migration that last changed it)."""
+
+
+# ---------------------------------------------------------------------------------------------- state
+
+# Keys sort by code point on both databases (so ranges and pages agree with Python): SQLite's default BINARY
+# collation compares UTF-8 bytes; PostgreSQL needs the "C" collation for the same order.
+KeyString = String().with_variant(String(collation="C"), "postgresql")
+
+kv = Table(
+    "kv",
+    metadata,
+    Column("tenant", String, nullable=False),
+    Column("key", KeyString, nullable=False),
+    Column("value", Text, nullable=False),  # JSON
+    Column("create_revision", BigInteger, nullable=False),
+    Column("mod_revision", BigInteger, nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("lease_id", BigInteger, nullable=True),
+    PrimaryKeyConstraint("tenant", "key", name="pk_kv"),
+    Index("ix_kv_lease_id", "lease_id"),
+)
+
+kv_history = Table(
+    "kv_history",
+    metadata,
+    Column("tenant", String, nullable=False),
+    Column("key", KeyString, nullable=False),
+    Column("revision", BigInteger, nullable=False),  # the row's mod_revision (a put) or tombstone (a delete)
+    Column("type", String(8), nullable=False),  # put | delete
+    Column("value", Text, nullable=True),  # JSON of a put; NULL for a delete
+    Column("create_revision", BigInteger, nullable=False),  # 0 for a delete
+    Column("version", BigInteger, nullable=False),  # 0 for a delete
+    Column("lease_id", BigInteger, nullable=True),
+    Column("cause", String(32), nullable=False),  # "" for a request, "lease_expired" for an expiry
+    PrimaryKeyConstraint("tenant", "key", "revision", name="pk_kv_history"),
+    Index("ix_kv_history_tenant_revision", "tenant", "revision"),
+)
+
+kv_leases = Table(
+    "kv_leases",
+    metadata,
+    Column("id", AutoBigInteger, primary_key=True, autoincrement=True),
+    Column("tenant", String, nullable=False),
+    Column("ttl", Float, nullable=False),
+    Column("expires_at", UtcMicros, nullable=False),
+    Index("ix_kv_leases_expires_at", "expires_at"),
+    sqlite_autoincrement=True,  # never reuse a lease id: an old holder must not renew someone else's lease
+)
+
+META_KV_REVISION = "kv_revision"
+"""The state store's current revision (0 before the first write)."""
+
+META_KV_COMPACTED = "kv_compacted"
+"""The state store's compacted revision: history up to it is gone (0: nothing compacted)."""
