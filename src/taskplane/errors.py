@@ -16,6 +16,7 @@ errors into these with ``raise ... from exc``; nothing matches on message text.
     +-- ConflictError                (409)
     |   +-- InvalidTransitionError   (409) e.g. cancelling a finished task
     |   +-- IdempotencyConflictError (409) same key, different request
+    |   +-- PreconditionFailedError  (412) an If-Match / If-None-Match that does not hold (state API)
     +-- LimitExceededError           (429) a tenant's hard limit is reached (e.g. ``pending_limit``); retry later
     |   +-- RateLimitedError         (429) too many requests or failed logins; ``retry_after`` seconds
     +-- UnavailableError             (503) database or executor unreachable
@@ -121,6 +122,13 @@ class IdempotencyConflictError(ConflictError):
     title = "Idempotency key reused with a different request"
 
 
+class PreconditionFailedError(ConflictError):
+    """A conditional write (``If-Match``, ``If-None-Match``) whose condition does not hold; nothing was written."""
+
+    code = "precondition_failed"
+    title = "Precondition failed"
+
+
 class LimitExceededError(TaskplaneError):
     """A hard limit (a tenant's ``max_pending``) is reached; the same request may succeed later."""
 
@@ -168,6 +176,7 @@ ERRORS_BY_CODE: dict[str, type[TaskplaneError]] = {
         ConflictError,
         InvalidTransitionError,
         IdempotencyConflictError,
+        PreconditionFailedError,
         LimitExceededError,
         RateLimitedError,
         UnavailableError,

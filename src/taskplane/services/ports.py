@@ -333,11 +333,12 @@ class KVLimits:
 class KVStore(Protocol):
     """The state API's store: per-tenant keys, store-wide revisions, leases, history. Each call is atomic.
 
+    Mutations take the ``audit`` entry of the request and commit it with the change (same transaction on SQL).
     ``now`` is the caller's clock: a key whose lease expired before ``now`` is missing for every read and
     compare, even before ``expire_leases`` records its deletion. Values are JSON-compatible Python values.
     """
 
-    async def txn(self, tenant: str, txn: Txn, now: datetime) -> TxnResult:
+    async def txn(self, tenant: str, txn: Txn, now: datetime, audit: AuditEntry | None = None) -> TxnResult:
         """Evaluate the compares and apply one branch atomically; writes bump the revision once.
 
         A put naming a lease that is missing, another tenant's, or expired raises ``NotFoundError``
@@ -355,11 +356,11 @@ class KVStore(Protocol):
         """Entries whose key starts with ``prefix``, in key order, after the key ``after``, at most ``limit``."""
         ...
 
-    async def grant_lease(self, tenant: str, ttl: float, now: datetime) -> Lease:
+    async def grant_lease(self, tenant: str, ttl: float, now: datetime, audit: AuditEntry | None = None) -> Lease:
         """A new lease expiring at ``now + ttl``."""
         ...
 
-    async def keepalive(self, tenant: str, lease_id: int, now: datetime) -> Lease:
+    async def keepalive(self, tenant: str, lease_id: int, now: datetime, audit: AuditEntry | None = None) -> Lease:
         """Push the lease's expiry to ``now + ttl``; ``NotFoundError`` (``lease_not_found``) once expired."""
         ...
 
@@ -367,7 +368,7 @@ class KVStore(Protocol):
         """A live lease with the keys attached to it, or ``None``."""
         ...
 
-    async def revoke_lease(self, tenant: str, lease_id: int, now: datetime) -> int:
+    async def revoke_lease(self, tenant: str, lease_id: int, now: datetime, audit: AuditEntry | None = None) -> int:
         """Delete the lease and its keys (one revision); the store's revision after it."""
         ...
 
@@ -388,6 +389,14 @@ class KVStore(Protocol):
 
     async def compact(self, keep_from: int) -> int:
         """Drop history older than revision ``keep_from``; returns the oldest revision still readable."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise ``UnavailableError`` when the backend cannot be reached."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
         ...
 
 
