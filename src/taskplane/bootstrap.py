@@ -21,11 +21,12 @@ from taskplane.services.auth import AuthConfig, AuthService, OidcConfig, new_pep
 from taskplane.services.clock import SystemClock
 from taskplane.services.engine import Engine, EngineConfig
 from taskplane.services.ids import new_reservation_id
-from taskplane.services.platform import Platform
-from taskplane.services.ports import Executor
+from taskplane.services.platform import Housekeeping, Platform
+from taskplane.services.ports import Executor, KVLimits
 from taskplane.services.resources import ResourceService
 from taskplane.services.security import AuditService, SecurityService
 from taskplane.services.specs import SpecLimits
+from taskplane.services.state import StateService
 from taskplane.services.tasks import TaskService, TaskServiceConfig
 from taskplane.services.tenants import TenantService
 
@@ -144,6 +145,7 @@ def _build_simulated(pool: PoolSettings, where: str) -> tuple[Executor, tuple[No
 
 def build_platform(settings: Settings) -> Platform:
     """Wire the platform: SQL store, local executor, engine and services. Migrations are applied here."""
+    from taskplane.storage.sql.kv import SqlKVStore
     from taskplane.storage.sql.store import create_task_store
 
     upgrade_database(settings)
@@ -189,17 +191,24 @@ def build_platform(settings: Settings) -> Platform:
         ),
     )
     auth = AuthService(store, clock, build_auth_config(settings))
+    kv = SqlKVStore(
+        settings.resolved_database_url(),
+        KVLimits(max_value_bytes=settings.state_max_value_bytes, max_ops=settings.state_max_ops),
+    )
     return Platform(
         tasks=tasks,
         engine=engine,
         store=store,
         executor=executor,
-        tenants=TenantService(store, engine, clock, on_deleted=auth.forget_tenant),
+        tenants=TenantService(store, engine, clock, on_deleted=auth.forget_tenant, state=kv),
         resources=ResourceService(store, engine, clock, new_reservation_id),
         auth=auth,
         security=SecurityService(store, auth, clock, lambda name: engine.tenant(name) is not None),
         audit=AuditService(store),
         clock=clock,
+        state=StateService(kv, clock, kv.limits, lambda name: engine.tenant(name) is not None),
+        kv=kv,
+        housekeeping=Housekeeping(history_revisions=settings.state_history_revisions),
     )
 
 

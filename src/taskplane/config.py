@@ -184,6 +184,10 @@ class Settings(BaseSettings):
     oidc_tenants_claim: str = "taskplane_tenants"
     oidc_name_claim: str = "email"
     oidc_leeway: float = Field(default=30.0, ge=0, le=600)
+    # State API (docs/state.md).
+    state_max_value_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
+    state_max_ops: int = Field(default=128, ge=1, le=10_000)  # compares + ops per transaction
+    state_history_revisions: int = Field(default=100_000, ge=1000)  # kept for past reads and resumed watches
     # Empty: one pool "default" served by the local executor. ``TASKPLANE_POOLS`` takes a JSON list, decoded by
     # ``_decode_pools`` (NoDecode) so that bad JSON is a ValidationError naming the field, like any other bad value.
     pools: Annotated[list[PoolSettings], NoDecode] = Field(default_factory=list)

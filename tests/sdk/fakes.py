@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,6 +13,7 @@ import httpx
 from taskplane.domain.audit import GENESIS_HASH, AuditEntry, AuditRecord, compute_chain
 from taskplane.wire import ReservationOut, ResourcesReport, TaskOut, TenantOut, UsageReport
 from taskplane.wire.security import AuditRecordOut, BindingOut, RoleOut, TokenCreated, TokenOut, WhoAmI
+from taskplane.wire.state import KeyValueOut, LeaseOut
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -252,6 +253,61 @@ def audit_json(record: AuditRecord) -> dict[str, Any]:
 def ndjson(records: list[AuditRecord]) -> bytes:
     """An audit export: one JSON line per record."""
     return b"".join(json.dumps(audit_json(r)).encode() + b"\n" for r in records)
+
+
+def kv_json(key: str = "jobs/a", value: Any = None, mod_revision: int = 7, **overrides: Any) -> dict[str, Any]:
+    """A KeyValueOut as the state API sends it."""
+    body: dict[str, Any] = {
+        "key": key,
+        "value": {"step": 1} if value is None else value,
+        "create_revision": 3,
+        "mod_revision": mod_revision,
+        "version": 2,
+        "lease": None,
+    }
+    body.update(overrides)
+    return KeyValueOut.model_validate(body).model_dump(mode="json")
+
+
+def lease_json(lease_id: int = 42, **overrides: Any) -> dict[str, Any]:
+    """A LeaseOut of a 30-second lease with one key."""
+    body: dict[str, Any] = {"id": lease_id, "ttl": 30.0, "expires_at": "2024-05-01T12:00:30Z", "keys": ["jobs/a"]}
+    body.update(overrides)
+    return LeaseOut.model_validate(body).model_dump(mode="json")
+
+
+def state_event(revision: int, key: str = "jobs/a", kind: str = "put", value: Any = None) -> bytes:
+    """One watch event as the server streams it: ``id``, ``event`` and the ``EventOut`` as ``data``."""
+    kv = kv_json(key, value if value is not None else {"rev": revision}, mod_revision=revision)
+    data = {"revision": revision, "type": kind, "key": key, "kv": kv if kind == "put" else None, "cause": ""}
+    return f"id: {revision}\nevent: {kind}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def sse(*chunks: bytes, start: int | None = None) -> httpx.Response:
+    """A watch response: the server's opening comment (from ``start``), then the given events, then the end."""
+    opening = f": watching from revision {start}\n\n".encode() if start is not None else b""
+    return httpx.Response(200, content=opening + b"".join(chunks), headers={"Content-Type": "text/event-stream"})
+
+
+class DroppedStream(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """A response body that sends ``chunks`` and then loses the connection."""
+
+    def __init__(self, *chunks: bytes) -> None:
+        self.chunks = chunks
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self.chunks
+        raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            yield chunk
+        raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+
+
+def dropped_sse(*chunks: bytes) -> httpx.Response:
+    """A watch response whose connection drops after ``chunks``."""
+    return httpx.Response(200, stream=DroppedStream(*chunks), headers={"Content-Type": "text/event-stream"})
 
 
 def problem(

@@ -9,6 +9,13 @@ The expectation is computed from the route's ``Rule`` and the caller's bindings 
 the built-in roles), never from what the server answered. A new route joins the matrix by itself: its path
 parameter's object kind follows from its resource; a route needing a body or a required query parameter the
 matrix cannot build is reported, so that the matrix fails until someone adds a case here.
+
+State keys and leases live in a tenant's own namespace: a request acts in the caller's only tenant, or in the
+one it names with ``tenant=`` (403 unless the permission is held there, whether or not that tenant exists).
+Their targets are: the object of ta, of tb (found in the tenant the request acts in, or not at all), the same
+with ``tenant=`` naming its tenant, a missing one, and a missing one in a tenant that does not exist. A key of
+another tenant is simply not there: GET answers 404, PUT creates the key in the caller's own tenant and DELETE
+answers ``deleted: 0`` (``test_rbac_matrix`` checks that the other tenant's key was left alone).
 """
 
 from __future__ import annotations
@@ -30,15 +37,19 @@ from tests.security.matrix_world import (
     World,
     batch_body,
     binding_body,
+    lease_body,
     missing_id,
     reservation_body,
     role_body,
+    state_value,
     task_body,
     tenant_body,
     token_body,
+    txn_body,
 )
 
 _PARAM = re.compile(r"\{([^}]+)\}")
+_CONVERTER = re.compile(r"\{(\w+):\w+\}")  # "{key:path}" in the route table is "{key}" in the OpenAPI document
 
 # The object a path parameter names, by the route's resource.
 KIND_OF_RESOURCE: dict[str, str] = {
@@ -49,9 +60,16 @@ KIND_OF_RESOURCE: dict[str, str] = {
     Resource.ROLEBINDINGS: "binding",
     Resource.TENANTS: "tenant",
     Resource.ROLES: "role",
+    Resource.STATE: "key",
+    Resource.LEASES: "lease",
 }
 OWNED_KINDS = frozenset({"task", "reservation", "token", "binding"})  # objects that live in one tenant
 PLATFORM_WIDE_KINDS = frozenset({"token", "binding"})  # ... or in "*", every tenant at once
+NAMESPACED_KINDS = frozenset({"key", "lease"})  # found only in the tenant a request acts in
+# Routes of these resources act in the caller's only tenant, or in the one named by the `tenant=` query parameter.
+TENANT_QUERY_RESOURCES = frozenset({Resource.STATE, Resource.LEASES})
+# Routes that answer 2xx whether their object exists or not: a PUT creates the key, a DELETE deletes 0 or 1.
+UPSERTS = frozenset({("PUT", "/platform/state/{key:path}"), ("DELETE", "/platform/state/{key:path}")})
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +90,9 @@ BODIES: dict[tuple[str, str], BodyCase] = {
     ("POST", "/platform/admin/tokens"): BodyCase(token_body, names_tenant=True, grants_role="viewer"),
     ("POST", "/platform/admin/roles"): BodyCase(role_body),
     ("POST", "/platform/admin/rolebindings"): BodyCase(binding_body, names_tenant=True, grants_role="viewer"),
+    ("PUT", "/platform/state/{key:path}"): BodyCase(state_value),  # the raw JSON value
+    ("POST", "/platform/state/transaction"): BodyCase(txn_body),
+    ("POST", "/platform/leases"): BodyCase(lease_body),
 }
 
 # Query parameters a route needs (or must have, to answer at once).
@@ -98,6 +119,16 @@ class RoutePlan:
         """True for POST, PUT, PATCH and DELETE."""
         return self.method in MUTATING
 
+    @property
+    def tenant_query(self) -> bool:
+        """True when the route acts in the tenant named by ``tenant=`` (default: the caller's only tenant)."""
+        return self.rule.resource in TENANT_QUERY_RESOURCES
+
+    @property
+    def upsert(self) -> bool:
+        """True when the route answers 2xx whether its object exists or not."""
+        return (self.method, self.path) in UPSERTS
+
     def __str__(self) -> str:
         return f"{self.method} {self.path}"
 
@@ -109,7 +140,7 @@ def plan_routes(
     plans: list[RoutePlan] = []
     problems: list[str] = []
     for (method, path), rule in sorted(routes.items(), key=lambda item: (item[0][1], item[0][0])):
-        documented = openapi.get("paths", {}).get(path, {}).get(method.lower())
+        documented = openapi.get("paths", {}).get(_CONVERTER.sub(r"{\1}", path), {}).get(method.lower())
         params = (documented or {}).get("parameters", [])
         query = QUERIES.get((method, path), {})
         body = BODIES.get((method, path))
@@ -146,11 +177,22 @@ class Target:
     tenant: str | None  # where the object is made or found, or the tenant the body names
     exists: bool = True
     fresh: bool = False  # a new object for this case alone (the case changes or deletes it)
+    names: str | None = None  # the tenant the request names (in its body, or as `tenant=`)
 
 
 def targets_of(plan: RoutePlan) -> list[Target]:
     """The targets of every case of ``plan`` (one caller's worth)."""
     missing = Target("missing", None, exists=False)
+    named = [Target(t, t, names=t) for t in TENANTS] + [Target("missing", NOWHERE, exists=False, names=NOWHERE)]
+    if plan.kind in NAMESPACED_KINDS:
+        return [
+            *(Target(t, t, fresh=plan.mutating) for t in TENANTS),
+            *(Target(f"named-{t}", t, fresh=plan.mutating, names=t) for t in TENANTS),
+            missing,
+            Target("named-nowhere", None, exists=False, names=NOWHERE),
+        ]
+    if plan.kind is None and plan.tenant_query:
+        return [Target("-", None), *named]
     if plan.kind in OWNED_KINDS:
         owned = [Target(t, t, fresh=plan.mutating) for t in TENANTS]
         if plan.kind in PLATFORM_WIDE_KINDS:
@@ -163,8 +205,21 @@ def targets_of(plan: RoutePlan) -> list[Target]:
     if plan.kind == "role":
         return [Target("custom", None, fresh=plan.mutating), missing]
     if plan.body is not None and plan.body.names_tenant:
-        return [Target(t, t) for t in TENANTS] + [Target("missing", NOWHERE, exists=False)]
+        return named
     return [Target("-", None)]
+
+
+def acting_tenant(who: Who, target: Target) -> str | None:
+    """The tenant a state or lease request acts in: the one it names, the caller's only one, or (for a caller
+    bound in several tenants or in "*", which the matrix makes name it) the target's; ``None``: the default."""
+    return target.names or who.tenant or target.tenant
+
+
+def tenant_param(plan: RoutePlan, who: Who, target: Target) -> str | None:
+    """The ``tenant=`` a case sends: the tenant the target names; a caller without one tenant names the object's."""
+    if not plan.tenant_query:
+        return None
+    return target.names or (target.tenant if who.tenant is None else None)
 
 
 # -------------------------------------------------------------------------------------- expectation
@@ -179,18 +234,26 @@ class Expectation:
 
     @property
     def hidden(self) -> bool:
-        """True when the answer is 404 only because the object is another tenant's."""
-        return self.reason == "another tenant's object"
+        """True when the answer is 404 only because the object is another tenant's (an audited denial)."""
+        return self.reason == HIDDEN
+
+    @property
+    def elsewhere(self) -> bool:
+        """True when the answer is 404 because the object is in another tenant's namespace, not the caller's."""
+        return self.reason == ELSEWHERE
+
+
+HIDDEN = "another tenant's object"
+ELSEWHERE = "not in the tenant it acts in"
 
 
 def _is(outcomes: str, reason: str) -> Expectation:
     return Expectation(frozenset(outcomes.split("|")), reason)
 
 
-def expect(
-    rule: Rule, who: Who, *, has_object: bool, exists: bool, tenant: str | None, body: BodyCase | None
-) -> Expectation:
-    """What ``who`` must get from a route with ``rule`` on an object (or a body naming a tenant) in ``tenant``."""
+def expect(plan: RoutePlan, who: Who, target: Target, tenant: str | None) -> Expectation:
+    """What ``who`` must get from ``plan`` on ``target``: an object in ``tenant`` or a request naming a tenant."""
+    rule, body = plan.rule, plan.body
     if rule.scope == "public":
         return _is("2xx", "public route")
     if not who.authenticates:
@@ -204,21 +267,39 @@ def expect(
             return _is("403", f"{verb} {resource} not held platform-wide")
     elif not grants.holds_anywhere(verb, resource):
         return _is("403", f"{verb} {resource} held in no tenant")
-    if has_object:
-        if not exists:
+    if target.names is not None and not grants.allows(verb, resource, target.names):
+        return _is("403", f"{verb} {resource} not held in the tenant named")
+    if plan.kind in NAMESPACED_KINDS:
+        acting = acting_tenant(who, target)
+        if plan.upsert:
+            if acting not in TENANTS:
+                return _is("2xx|404", "allowed, in a tenant that does not exist")
+            mine = target.exists and tenant == acting
+            return _is("2xx", "allowed on the object" if mine else f"allowed, in {acting} whatever exists elsewhere")
+        if not target.exists:
+            return _is("404", "missing object")
+        if tenant != acting:
+            return _is("404", ELSEWHERE)
+        return _is("2xx", "allowed on the object")
+    if plan.kind is not None:
+        if not target.exists:
             return _is("404", "missing object")
         if rule.scope == "tenant" and not grants.allows(verb, resource, tenant):
-            return _is("404", "another tenant's object")
+            return _is("404", HIDDEN)
         return _is("2xx", "allowed on the object")
-    if body is not None and body.names_tenant:
-        if not grants.allows(verb, resource, tenant):
-            return _is("403", f"{verb} {resource} not held in the tenant named")
-        if body.grants_role is not None and not grants.covers(BUILTIN_ROLES[body.grants_role], tenant or ""):
+    if target.names is not None:
+        if (
+            body is not None
+            and body.grants_role is not None
+            and not grants.covers(BUILTIN_ROLES[body.grants_role], target.names)
+        ):
             return _is("403", f"granting {body.grants_role} would escalate")
-        if not exists:
+        if not target.exists:
             # Tasks and reservations need their tenant (404); keys and bindings may name one not made yet.
             return _is("2xx|404", "allowed, in a tenant that does not exist")
         return _is("2xx", "allowed in the tenant named")
+    if plan.tenant_query and who.tenant is None:
+        return _is("2xx|404", "allowed, in the default tenant")
     return _is("2xx", "allowed")
 
 
@@ -233,6 +314,8 @@ class Result:
     who: Who
     target: Target
     value: str | None  # the path parameter sent
+    tenant: str | None  # the tenant of the object acted on (or the one the body names)
+    sent_tenant: str | None  # the `tenant=` query parameter sent
     expected: Expectation
     status: int
     text: str
@@ -247,6 +330,11 @@ class Result:
     def matches(self) -> bool:
         """True when the answer is one the table allows."""
         return self.observed in self.expected.outcomes
+
+    @property
+    def acting(self) -> str | None:
+        """The tenant a state or lease request acts in (``None``: the default tenant)."""
+        return self.sent_tenant or self.who.tenant
 
     @property
     def request_id(self) -> str | None:
@@ -274,12 +362,18 @@ async def run_case(world: World, plan: RoutePlan, who: Who, target: Target) -> R
     path = plan.path if value is None else _PARAM.sub(lambda _: value, plan.path)
     body = None
     if plan.body is not None:
-        body = plan.body.build(tenant, world.tag(who, tenant), world.serial())
-    response = await world.client(who).request(plan.method, path, json=body, params=dict(plan.query))
-    expected = expect(
-        plan.rule, who, has_object=plan.kind is not None, exists=target.exists, tenant=tenant, body=plan.body
+        # What the caller writes carries the canary of the tenant written to, if it belongs there.
+        written = tenant if tenant is not None else acting_tenant(who, target)
+        body = plan.body.build(tenant, world.tag(who, written), world.serial())
+    params = dict(plan.query)
+    sent_tenant = tenant_param(plan, who, target)
+    if sent_tenant is not None:
+        params["tenant"] = sent_tenant
+    response = await world.client(who).request(plan.method, path, json=body, params=params)
+    expected = expect(plan, who, target, tenant)
+    return Result(
+        plan, who, target, value, tenant, sent_tenant, expected, response.status_code, response.text, response.headers
     )
-    return Result(plan, who, target, value, expected, response.status_code, response.text, response.headers)
 
 
 async def run_matrix(world: World, plans: list[RoutePlan]) -> list[Result]:

@@ -2,6 +2,9 @@
 
     admin API --> tenants ta, tb --> in each: a task (name, labels, env, command, log file), a reservation,
                                      an API key (owner, description), a role binding (subject),
+                                     a state key "seed/<tenant>/config" that exists in that tenant only,
+                                     a key "shared/config" (the same name in both tenants),
+                                     a lease holding a key "held/<canary>/<n>",
                                      every string carrying the tenant's canary ("canary-ta-...")
               --> a platform-wide key and binding (tenant "*"), a custom role
               --> callers: anonymous, malformed, unknown key, wrong secret, expired key, revoked key,
@@ -16,6 +19,7 @@ response always came from the server, never from the request that caused it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import secrets
 from collections.abc import AsyncIterator, Callable
@@ -24,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 
@@ -90,6 +95,39 @@ def role_body(tenant: str | None, tag: str, serial: int) -> dict[str, Any]:
     return {"name": f"fresh-role-{serial}", "rules": [{"verbs": ["get"], "resources": ["capacity"]}]}
 
 
+def state_value(tenant: str | None, tag: str, serial: int) -> dict[str, Any]:
+    """A state key's value (the raw JSON body of a PUT) carrying ``tag``."""
+    return {"note": tag, "serial": serial}
+
+
+def seed_key(tenant: str) -> str:
+    """The name of the key seeded in ``tenant`` alone (no canary: names are sent by probes of the other tenant)."""
+    return f"seed/{tenant}/config"
+
+
+def made_key(tenant: str, key: str) -> str:
+    """Where ``World.made`` keeps the answer to the PUT that made ``key`` in ``tenant``."""
+    return f"key:{tenant}:{key}"
+
+
+SHARED_KEY = "shared/config"  # seeded in both tenants, each with its own canary
+
+
+def txn_body(tenant: str | None, tag: str, serial: int) -> dict[str, Any]:
+    """A transaction that writes a key carrying ``tag`` and reads every seeded key name of both tenants."""
+    reads = [{"op": "get", "key": key} for key in (*(seed_key(t) for t in TENANTS), SHARED_KEY)]
+    return {
+        "compare": [{"key": seed_key(TENANTS[1]), "target": "exists", "op": "equal", "value": True}],
+        "success": [{"op": "put", "key": f"txn/{serial}", "value": {"note": tag}}, *reads],
+        "failure": [{"op": "put", "key": f"txn/{serial}", "value": {"note": tag}}, *reads],
+    }
+
+
+def lease_body(tenant: str | None, tag: str, serial: int) -> dict[str, Any]:
+    """An hour's lease (it has no free text: its id is the server's)."""
+    return {"ttl": 3600}
+
+
 Body = Callable[[str | None, str, int], dict[str, Any]]
 
 # How the platform admin makes an object of each kind: (create path, body, the field naming the result).
@@ -113,6 +151,8 @@ def missing_id(kind: str) -> str:
         "binding": lambda: new_binding_id(now),
         "tenant": lambda: f"gone-{secrets.token_hex(4)}",
         "role": lambda: f"gone-{secrets.token_hex(4)}",
+        "key": lambda: f"gone/{secrets.token_hex(6)}",
+        "lease": lambda: str(10**12 + secrets.randbelow(10**12)),
     }[kind]()
 
 
@@ -146,6 +186,15 @@ class Exchange:
     path: str
     status: int
     request_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Streamed:
+    """The start of a streamed answer (a watch): what arrived before the stream went quiet, then closed."""
+
+    status: int
+    headers: httpx.Headers
+    text: str
 
 
 # -------------------------------------------------------------------------------------------- world
@@ -208,8 +257,75 @@ class World:
         """The platform administrator's client."""
         return self.client(self.admin_who)
 
+    async def stream(
+        self, who: Who, path: str, params: dict[str, str], *, quiet: float = 0.3, most: float = 5.0
+    ) -> Streamed:
+        """GET ``path`` as ``who`` straight through the ASGI app, read until nothing more arrives for ``quiet``
+        seconds (``most`` at most), then disconnect: httpx's ASGI transport would wait for an endless stream.
+        """
+        headers = [(b"host", b"tp.test")]
+        if who.token is not None:
+            headers.append((b"authorization", f"Bearer {who.token}".encode()))
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": urlencode(params).encode(),
+            "root_path": "",
+            "headers": headers,
+            "client": ("127.0.0.1", 40000),
+            "server": ("tp.test", 80),
+        }
+        messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        gone = asyncio.Event()
+        asked = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal asked
+            if not asked:
+                asked = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            await messages.put(message)
+
+        app = asyncio.get_running_loop().create_task(self.secured.app(scope, receive, send))
+        try:
+            start = await asyncio.wait_for(messages.get(), most)
+            assert start["type"] == "http.response.start", start
+            answer = httpx.Headers([(k.decode(), v.decode()) for k, v in start["headers"]])
+            body = bytearray()
+            deadline = asyncio.get_running_loop().time() + most
+            while (left := deadline - asyncio.get_running_loop().time()) > 0:
+                try:
+                    message = await asyncio.wait_for(messages.get(), min(quiet, left))
+                except TimeoutError:
+                    break
+                body += message.get("body", b"")
+                if not message.get("more_body", False):
+                    break
+        finally:
+            gone.set()
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(app, 2)
+        status = int(start["status"])
+        self.exchanges.append(Exchange(who.name, "GET", path, status, answer.get("x-request-id")))
+        return Streamed(status, answer, body.decode())
+
     async def fresh(self, kind: str, tenant: str | None) -> tuple[str, str | None]:
         """A new object of ``kind`` in ``tenant``, made by the admin: its id and the tenant it belongs to."""
+        if kind == "key":
+            assert tenant is not None
+            return await self.put_key(tenant, f"fresh/{self.serial()}"), tenant
+        if kind == "lease":
+            assert tenant is not None
+            return await self._lease(tenant), tenant
         path, body, id_field = MAKERS[kind]
         tag = self.canary.get(tenant or "", "platform")
         response = await self.admin().post(path, json=body(tenant, tag, self.serial()))
@@ -217,6 +333,35 @@ class World:
         made: str = response.json()[id_field]
         self.made[made] = response.json()
         return made, made if kind == "tenant" else tenant
+
+    async def put_key(self, tenant: str, key: str, **params: str) -> str:
+        """Write ``key`` in ``tenant`` (as the admin), its value carrying the tenant's canary; the key."""
+        value = state_value(tenant, self.canary[tenant], self.serial())
+        response = await self.admin().put(f"/platform/state/{key}", json=value, params={"tenant": tenant, **params})
+        assert response.status_code == 200, f"could not put {key} in {tenant}: {response.text}"
+        self.made[made_key(tenant, key)] = response.json()
+        return key
+
+    async def _lease(self, tenant: str) -> str:
+        """A lease of an hour in ``tenant`` holding one key whose name carries the tenant's canary."""
+        granted = await self.admin().post("/platform/leases", json=lease_body(tenant, "", 0), params={"tenant": tenant})
+        assert granted.status_code == 201, f"could not grant a lease in {tenant}: {granted.text}"
+        lease = str(granted.json()["id"])
+        held = await self.put_key(tenant, f"held/{self.canary[tenant]}/{self.serial()}", lease=lease)
+        self.made[lease] = {**granted.json(), "keys": [held]}
+        return lease
+
+    async def key_in(self, tenant: str, key: str) -> dict[str, Any] | None:
+        """``key`` as it is now in ``tenant`` (read by the admin), or ``None``."""
+        found = await self.admin().get(f"/platform/state/{key}", params={"tenant": tenant})
+        assert found.status_code in (200, 404), found.text
+        return found.json() if found.status_code == 200 else None
+
+    async def lease_in(self, tenant: str, lease: str) -> dict[str, Any] | None:
+        """Lease ``lease`` as it is now in ``tenant`` (read by the admin), or ``None``."""
+        found = await self.admin().get(f"/platform/leases/{lease}", params={"tenant": tenant})
+        assert found.status_code in (200, 404), found.text
+        return found.json() if found.status_code == 200 else None
 
     async def until_running(self, task_id: str) -> None:
         """Wait (a few seconds at most) until the engine has started ``task_id``."""
@@ -244,6 +389,9 @@ class World:
             self.seeded[("tenant", tenant)] = tenant
             for kind in ("task", "reservation", "token", "binding"):
                 self.seeded[(kind, tenant)], _ = await self.fresh(kind, tenant)
+            self.seeded[("key", tenant)] = await self.put_key(tenant, seed_key(tenant))
+            await self.put_key(tenant, SHARED_KEY)
+            self.seeded[("lease", tenant)], _ = await self.fresh("lease", tenant)
         for kind in ("token", "binding"):
             self.seeded[(kind, ALL_TENANTS)], _ = await self.fresh(kind, ALL_TENANTS)
         self.seeded[("role", None)], _ = await self.fresh("role", None)

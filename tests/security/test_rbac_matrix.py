@@ -24,8 +24,8 @@ import pytest_asyncio
 
 from taskplane.api.permissions import MUTATING, ROUTES, Rule
 from taskplane.domain.audit import AuditEntry, AuditRecord, Checkpoint, verify_chain
-from tests.security.matrix_plan import Result, plan_routes, run_matrix, targets_of
-from tests.security.matrix_world import TENANTS, World, audit_records, other, seeded_world
+from tests.security.matrix_plan import NAMESPACED_KINDS, Result, plan_routes, run_matrix, targets_of
+from tests.security.matrix_world import NOWHERE, TENANTS, World, audit_records, made_key, other, seeded_world
 
 in_module_loop = pytest.mark.asyncio(loop_scope="module")
 
@@ -101,13 +101,14 @@ async def test_the_matrix_sees_every_kind_of_answer(matrix: list[Result]) -> Non
 
     for reason in ("no valid credential", "missing object", "another tenant's object", "allowed on the object"):
         assert seen[reason] > 0, reason
+    assert any(r.expected.elsewhere for r in matrix)
     assert {o for r in matrix for o in r.expected.outcomes} >= {"2xx", "401", "403", "404"}
 
 
 @in_module_loop
 async def test_another_tenants_object_answers_exactly_like_a_missing_one(matrix: list[Result]) -> None:
-    missing = {(str(r.plan), r.who.name): r for r in matrix if r.plan.kind is not None and not r.target.exists}
-    hidden = [r for r in matrix if r.expected.hidden and r.status == 404]
+    missing = {(str(r.plan), r.who.name): r for r in matrix if r.plan.kind is not None and r.target.label == "missing"}
+    hidden = [r for r in matrix if (r.expected.hidden or r.expected.elsewhere) and r.status == 404]
     assert hidden
 
     differences = []
@@ -126,14 +127,16 @@ async def test_another_tenants_object_answers_exactly_like_a_missing_one(matrix:
 async def test_naming_another_tenant_in_a_body_answers_exactly_like_naming_none_that_exists(
     matrix: list[Result],
 ) -> None:
-    nowhere = {(str(r.plan), r.who.name): r for r in matrix if r.plan.kind is None and r.target.label == "missing"}
-    refused = [r for r in matrix if r.plan.kind is None and r.target.label in TENANTS and r.status == 403]
+    # A body naming a tenant, or a state or lease request naming one with `tenant=`.
+    nowhere = {(str(r.plan), r.who.name): r for r in matrix if r.target.names == NOWHERE}
+    refused = [r for r in matrix if r.target.names in TENANTS and r.status == 403]
     assert refused
+    assert {r.plan.kind for r in refused} >= {None, *NAMESPACED_KINDS}
 
     differences = []
     for found in refused:
         absent = nowhere[(str(found.plan), found.who.name)]
-        mine, theirs = _scrubbed(found, found.target.tenant), _scrubbed(absent, absent.target.tenant)
+        mine, theirs = _scrubbed(found, found.target.names), _scrubbed(absent, absent.target.names)
         if (absent.status, theirs, _headers(absent)) != (403, mine, _headers(found)):
             differences.append(
                 f"{found.plan} as {found.who.name}: naming {found.target.label} answered {found.status} {mine}, "
@@ -186,6 +189,11 @@ async def test_each_tenants_canary_does_reach_its_own_callers(world: World, matr
             "GET /platform/tasks/{task_id}/logs",
             "GET /platform/admin/tokens",
             "GET /platform/admin/rolebindings",
+            "GET /platform/state",
+            "GET /platform/state/{key:path}",
+            "POST /platform/state/transaction",
+            "GET /platform/leases/{lease_id}",
+            "PUT /platform/leases/{lease_id}/keepalive",
         }, tenant
 
 
@@ -201,6 +209,81 @@ async def test_after_the_run_a_tenants_audit_readers_read_no_canary_of_the_other
 
             assert world.canary[tenant] in readable, (role, tenant)
             assert world.canary[other(tenant)] not in readable, (role, tenant)
+
+
+# ------------------------------------------------------------------------------------- state, leases
+
+
+KEY_PATH = "/platform/state/{key:path}"
+LEASE_PATHS = ("/platform/leases/{lease_id}", "/platform/leases/{lease_id}/keepalive")
+
+
+@in_module_loop
+async def test_a_key_write_acts_in_the_tenant_it_names_or_the_callers_own_and_nowhere_else(
+    world: World, matrix: list[Result]
+) -> None:
+    # A key of ta or tb (made for this case alone) changes only through a 2xx request acting in its tenant;
+    # a PUT of another tenant's key name creates the key in the caller's tenant, a DELETE of one deletes nothing.
+    writes = [r for r in matrix if r.plan.path == KEY_PATH and r.plan.mutating]
+    assert {r.expected.reason for r in writes} >= {"allowed on the object", "allowed, in ta whatever exists elsewhere"}
+
+    problems = []
+    for r in writes:
+        answer = json.loads(r.text) if r.observed == "2xx" else None
+        mine = r.target.exists and r.tenant == r.acting
+        if answer is not None:
+            if r.plan.method == "DELETE" and answer["deleted"] != int(mine):
+                problems.append(f"{r.describe()}: deleted {answer['deleted']}, want {int(mine)}")
+            if r.plan.method == "PUT" and (answer["prev"] is not None) != mine:
+                problems.append(f"{r.describe()}: prev {answer['prev']}, want {'one' if mine else 'none'}")
+            if r.plan.method == "PUT" and r.acting in TENANTS and await world.key_in(r.acting, r.value or "") is None:
+                problems.append(f"{r.describe()}: the key is not in {r.acting}, the tenant the request acted in")
+        if not r.target.exists or r.tenant is None or (answer is not None and mine):
+            continue
+        made = world.made[made_key(r.tenant, r.value or "")]["kv"]
+        now = await world.key_in(r.tenant, r.value or "")
+        if now != made:
+            problems.append(f"{r.describe()}: {r.tenant}'s key changed from {made} to {now}")
+
+    assert not problems, "\n".join(problems)
+
+
+@in_module_loop
+async def test_a_lease_changes_only_through_a_request_acting_in_its_tenant(world: World, matrix: list[Result]) -> None:
+    cases = [r for r in matrix if r.plan.path in LEASE_PATHS and r.plan.mutating and r.target.exists]
+    assert cases
+
+    problems = []
+    for r in cases:
+        assert r.tenant is not None and r.value is not None
+        if r.observed == "2xx" and r.tenant == r.acting:
+            continue
+        made, now = world.made[r.value], await world.lease_in(r.tenant, r.value)
+        if now is None or (now["expires_at"], now["keys"]) != (made["expires_at"], made["keys"]):
+            problems.append(f"{r.describe()}: {r.tenant}'s lease was {made}, is {now}")
+
+    assert not problems, "\n".join(problems)
+
+
+@in_module_loop
+async def test_a_transaction_compares_and_reads_only_the_tenant_it_acts_in(world: World, matrix: list[Result]) -> None:
+    # The body compares `seed/tb/config` exists and reads the seeded key names of both tenants.
+    done = [r for r in matrix if r.plan.path == "/platform/state/transaction" and r.observed == "2xx"]
+    assert {r.acting for r in done} >= set(TENANTS)
+
+    problems = []
+    for r in done:
+        answer = json.loads(r.text)
+        read = {op["key"]: op["kv"] for op in answer["results"] if op["op"] == "get"}
+        for key, kv in read.items():
+            owner = {t for t in TENANTS if key == f"seed/{t}/config"} or set(TENANTS)
+            there = r.acting in owner
+            if (kv is not None) != there or (kv is not None and world.canary[r.acting or ""] not in json.dumps(kv)):
+                problems.append(f"{r.describe()}: read {key} as {kv}")
+        if answer["succeeded"] != (r.acting == "tb"):
+            problems.append(f"{r.describe()}: the compare on tb's key held: {answer['succeeded']}")
+
+    assert not problems, "\n".join(problems)
 
 
 # ---------------------------------------------------------------------------------------------- audit

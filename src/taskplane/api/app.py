@@ -15,7 +15,7 @@ from taskplane.api import metrics
 from taskplane.api.errors import install_error_handlers
 from taskplane.api.limits import BodyLimitMiddleware
 from taskplane.api.permissions import check_routes
-from taskplane.api.routes import admin, audit, resources, security, system, tasks
+from taskplane.api.routes import admin, audit, resources, security, state, system, tasks
 from taskplane.api.security import GateConfig, SecurityMiddleware
 from taskplane.services.platform import Platform
 
@@ -53,7 +53,7 @@ def create_app(platform: Platform, config: ApiConfig, *, manage_lifespan: bool =
     app.state.platform = platform
     app.state.metrics = metrics.build_registry(platform)
     install_error_handlers(app)
-    routers = [tasks.router, resources.router, admin.router, security.router, audit.router, system.router]
+    routers = [tasks.router, resources.router, admin.router, security.router, audit.router, state.router, system.router]
     for router in [*routers, metrics.router]:
         app.include_router(router)
     # The routes as the security gate matches them: the routers' own (FastAPI includes routers lazily, so

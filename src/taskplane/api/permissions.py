@@ -102,6 +102,16 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("GET", "/platform/audit"): _t(L, R.AUDIT),
     ("GET", "/platform/audit/export"): _t(L, R.AUDIT),
     ("GET", "/platform/audit/head"): _p(G, R.AUDIT),
+    # state
+    ("GET", "/platform/state"): _t(L, R.STATE),
+    ("POST", "/platform/state/transaction"): _t(U, R.STATE),
+    ("GET", "/platform/state/{key:path}"): _t(G, R.STATE),
+    ("PUT", "/platform/state/{key:path}"): _t(U, R.STATE),
+    ("DELETE", "/platform/state/{key:path}"): _t(D, R.STATE),
+    ("POST", "/platform/leases"): _t(C, R.LEASES),
+    ("GET", "/platform/leases/{lease_id}"): _t(G, R.LEASES),
+    ("PUT", "/platform/leases/{lease_id}/keepalive"): _t(U, R.LEASES),
+    ("DELETE", "/platform/leases/{lease_id}"): _t(D, R.LEASES),
     # metrics
     ("GET", "/metrics"): _p(G, R.METRICS),
 }

@@ -30,6 +30,7 @@ from taskplane.cli.commands import (
     roles,
     server,
     simulate,
+    state,
     tasks,
     tenants,
     tokens,
@@ -157,6 +158,7 @@ def create_app(
     app.add_typer(tokens.app, name="tokens")
     app.add_typer(roles.app, name="roles")
     app.add_typer(audit.app, name="audit")
+    app.add_typer(state.app, name="state")
     app.command("server")(server.server)
     app.add_typer(server.db_app, name="db")
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -12,10 +13,12 @@ from typing import Any, Self, TypeVar
 
 import httpx
 
-from taskplane.sdk import calls, credentials, polling, security_calls
+from taskplane.errors import UnavailableError
+from taskplane.sdk import calls, credentials, polling, security_calls, state_calls
 from taskplane.sdk.calls import Call, LogStream, TaskInput
 from taskplane.sdk.problems import transport_errors
 from taskplane.sdk.security_calls import RuleInput
+from taskplane.sdk.state_calls import CompareInput, OpInput
 from taskplane.wire import (
     BatchSubmitResult,
     CapacityOut,
@@ -41,6 +44,16 @@ from taskplane.wire.security import (
     TokenOut,
     WhoAmI,
 )
+from taskplane.wire.state import (
+    DeleteResult,
+    KeyList,
+    KeyValueOut,
+    LeaseOut,
+    LeaseRevoked,
+    PutResult,
+    TxnOut,
+)
+from taskplane.wire.state import EventOut as KeyEventOut
 
 T = TypeVar("T")
 
@@ -76,6 +89,7 @@ class AsyncClient:
             timeout=timeout,
             transport=transport,
         )
+        self.state = AsyncStateClient(self)
 
     @property
     def base_url(self) -> str:
@@ -181,10 +195,16 @@ class AsyncClient:
                 yield chunk
 
     @asynccontextmanager
-    async def _stream(self, call: Call[None]) -> AsyncIterator[httpx.Response]:
-        """Send ``call`` and hand over its response unread once its status is checked; reading errors are mapped."""
+    async def _stream(self, call: Call[None], idle: float | None = None) -> AsyncIterator[httpx.Response]:
+        """Send ``call`` and hand over its response unread once its status is checked; reading errors are mapped.
+
+        ``idle``: seconds without a byte after which the read fails (default: wait for ever).
+        """
+        request = calls.build_request(self._http, call, self._timeout)
+        if idle is not None:
+            request.extensions["timeout"] = httpx.Timeout(self._timeout, read=idle).as_dict()
         with transport_errors(self._base_url):
-            response = await self._http.send(calls.build_request(self._http, call, self._timeout), stream=True)
+            response = await self._http.send(request, stream=True)
         try:
             with transport_errors(self._base_url):
                 if not response.is_success:
@@ -417,3 +437,132 @@ class AsyncClient:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+
+class AsyncStateClient:
+    """``AsyncClient.state``: ``Client.state`` with ``await``; ``watch`` is an async iterator.
+
+    The same methods, arguments and errors as ``StateClient``:
+
+        async with AsyncClient() as tp:
+            await tp.state.put("jobs/a", {"step": 1}, create_only=True)
+            async for event in tp.state.watch("jobs/"):
+                print(event.revision, event.type, event.key)
+    """
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def get(self, key: str, revision: int | None = None, tenant: str | None = None) -> KeyValueOut:
+        """The entry of ``key`` (as of ``revision``); ``NotFoundError`` when there is none."""
+        return await self._client._send(state_calls.get_key(key, revision, tenant))
+
+    async def put(
+        self,
+        key: str,
+        value: Any,
+        *,
+        if_match: int | None = None,
+        create_only: bool = False,
+        lease: int | None = None,
+        ttl: float | timedelta | None = None,
+        tenant: str | None = None,
+    ) -> PutResult:
+        """Write a JSON ``value``: only if unchanged since ``if_match``, or only if new (``create_only``).
+
+        ``lease`` attaches the key to a lease; ``ttl`` (seconds) gives it a lease of its own.
+        """
+        call = state_calls.put_key(
+            key, value, if_match=if_match, create_only=create_only, lease=lease, ttl=ttl, tenant=tenant
+        )
+        return await self._client._send(call)
+
+    async def delete(self, key: str, if_match: int | None = None, tenant: str | None = None) -> DeleteResult:
+        """Delete ``key`` (only if unchanged since ``if_match``); ``deleted`` is 0 when it did not exist."""
+        return await self._client._send(state_calls.delete_key(key, if_match, tenant))
+
+    async def list(
+        self,
+        prefix: str = "",
+        limit: int = 100,
+        after: str | None = None,
+        revision: int | None = None,
+        tenant: str | None = None,
+    ) -> KeyList:
+        """One page of the entries under ``prefix`` in key order; pass ``next_key`` back as ``after``."""
+        return await self._client._send(state_calls.list_keys(prefix, limit, after, revision, tenant))
+
+    async def iter(
+        self, prefix: str = "", page_size: int = 100, revision: int | None = None, tenant: str | None = None
+    ) -> AsyncIterator[KeyValueOut]:
+        """Every entry under ``prefix`` in key order, all pages read at the first page's revision."""
+        after: str | None = None
+        while True:
+            page = await self._client._send(state_calls.list_keys(prefix, page_size, after, revision, tenant))
+            for entry in page.items:
+                yield entry
+            if page.next_key is None:
+                return
+            after, revision = page.next_key, page.revision
+
+    async def txn(
+        self,
+        compare: Iterable[CompareInput] = (),
+        success: Iterable[OpInput] = (),
+        failure: Iterable[OpInput] = (),
+        tenant: str | None = None,
+    ) -> TxnOut:
+        """If every compare holds, the ``success`` ops, else the ``failure`` ops; atomically, at one revision."""
+        request = state_calls.txn_request(compare, success, failure)
+        return await self._client._send(state_calls.txn(request, tenant))
+
+    async def watch(
+        self,
+        prefix: str = "",
+        *,
+        key: str | None = None,
+        from_revision: int | None = None,
+        tenant: str | None = None,
+        retries: int = 5,
+    ) -> AsyncIterator[KeyEventOut]:
+        """The changes of ``key``, or of the keys under ``prefix``; reopened after a drop, as ``Client.state.watch``."""
+        cursor = state_calls.WatchCursor(from_revision)
+        failures = 0
+        while True:
+            call = state_calls.watch(prefix, key, cursor.next_revision, tenant)
+            heard, error = False, None
+            try:
+                async with self._client._stream(call, idle=state_calls.WATCH_IDLE_SECONDS) as response:
+                    decoder = state_calls.SseDecoder()
+                    async for line in response.aiter_lines():
+                        message = decoder.feed(line)
+                        if message is None:
+                            continue
+                        heard = True
+                        event = cursor.accept(message)
+                        if event is not None:
+                            yield event
+            except UnavailableError as exc:
+                error = exc
+            failures = 0 if heard else failures + 1
+            if failures > retries:
+                raise error or UnavailableError(f"the watch stream ended {failures} times in a row without a word")
+            await asyncio.sleep(state_calls.reconnect_delay(failures))
+
+    # -- leases ---------------------------------------------------------------------------------------------
+
+    async def lease(self, ttl: float | timedelta, tenant: str | None = None) -> LeaseOut:
+        """A new lease of ``ttl`` seconds; keys put with it vanish when it expires."""
+        return await self._client._send(state_calls.grant_lease(ttl, tenant))
+
+    async def keepalive(self, lease_id: int, tenant: str | None = None) -> LeaseOut:
+        """Renew a live lease for another ``ttl``; ``NotFoundError`` once it expired (its keys are gone)."""
+        return await self._client._send(state_calls.keepalive(lease_id, tenant))
+
+    async def revoke_lease(self, lease_id: int, tenant: str | None = None) -> LeaseRevoked:
+        """End a lease now; its keys are deleted at the returned revision."""
+        return await self._client._send(state_calls.revoke_lease(lease_id, tenant))
+
+    async def get_lease(self, lease_id: int, tenant: str | None = None) -> LeaseOut:
+        """A live lease and its keys."""
+        return await self._client._send(state_calls.get_lease(lease_id, tenant))

@@ -12,10 +12,12 @@ from typing import Any, Self, TypeVar
 
 import httpx
 
-from taskplane.sdk import calls, credentials, polling, security_calls
+from taskplane.errors import UnavailableError
+from taskplane.sdk import calls, credentials, polling, security_calls, state_calls
 from taskplane.sdk.calls import Call, LogStream, TaskInput
 from taskplane.sdk.problems import transport_errors
 from taskplane.sdk.security_calls import RuleInput
+from taskplane.sdk.state_calls import CompareInput, OpInput
 from taskplane.wire import (
     BatchSubmitResult,
     CapacityOut,
@@ -41,6 +43,16 @@ from taskplane.wire.security import (
     TokenOut,
     WhoAmI,
 )
+from taskplane.wire.state import (
+    DeleteResult,
+    KeyList,
+    KeyValueOut,
+    LeaseOut,
+    LeaseRevoked,
+    PutResult,
+    TxnOut,
+)
+from taskplane.wire.state import EventOut as KeyEventOut
 
 T = TypeVar("T")
 
@@ -76,6 +88,7 @@ class Client:
             timeout=timeout,
             transport=transport,
         )
+        self.state = StateClient(self)
 
     @property
     def base_url(self) -> str:
@@ -175,10 +188,16 @@ class Client:
             yield from response.iter_bytes()
 
     @contextmanager
-    def _stream(self, call: Call[None]) -> Iterator[httpx.Response]:
-        """Send ``call`` and hand over its response unread once its status is checked; reading errors are mapped."""
+    def _stream(self, call: Call[None], idle: float | None = None) -> Iterator[httpx.Response]:
+        """Send ``call`` and hand over its response unread once its status is checked; reading errors are mapped.
+
+        ``idle``: seconds without a byte after which the read fails (default: wait for ever).
+        """
+        request = calls.build_request(self._http, call, self._timeout)
+        if idle is not None:
+            request.extensions["timeout"] = httpx.Timeout(self._timeout, read=idle).as_dict()
         with transport_errors(self._base_url):
-            response = self._http.send(calls.build_request(self._http, call, self._timeout), stream=True)
+            response = self._http.send(request, stream=True)
         try:
             with transport_errors(self._base_url):
                 if not response.is_success:
@@ -394,3 +413,146 @@ class Client:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+class StateClient:
+    """``Client.state``: the tenant's versioned key-value store (``/platform/state``) and its leases.
+
+    Every write returns the store-wide revision it made; ``if_match`` (a mod_revision) and ``create_only`` make
+    a write conditional (``PreconditionFailedError`` when the condition fails); ``watch`` streams the changes.
+    ``tenant`` defaults to the caller's only tenant.
+
+        with Client() as tp:
+            tp.state.put("jobs/a", {"step": 1}, create_only=True)
+            entry = tp.state.get("jobs/a")
+            tp.state.put("jobs/a", {"step": 2}, if_match=entry.mod_revision)
+            for event in tp.state.watch("jobs/"):
+                print(event.revision, event.type, event.key)
+    """
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def get(self, key: str, revision: int | None = None, tenant: str | None = None) -> KeyValueOut:
+        """The entry of ``key`` (as of ``revision``); ``NotFoundError`` when there is none."""
+        return self._client._send(state_calls.get_key(key, revision, tenant))
+
+    def put(
+        self,
+        key: str,
+        value: Any,
+        *,
+        if_match: int | None = None,
+        create_only: bool = False,
+        lease: int | None = None,
+        ttl: float | timedelta | None = None,
+        tenant: str | None = None,
+    ) -> PutResult:
+        """Write a JSON ``value``: only if unchanged since ``if_match``, or only if new (``create_only``).
+
+        ``lease`` attaches the key to a lease; ``ttl`` (seconds) gives it a lease of its own.
+        """
+        call = state_calls.put_key(
+            key, value, if_match=if_match, create_only=create_only, lease=lease, ttl=ttl, tenant=tenant
+        )
+        return self._client._send(call)
+
+    def delete(self, key: str, if_match: int | None = None, tenant: str | None = None) -> DeleteResult:
+        """Delete ``key`` (only if unchanged since ``if_match``); ``deleted`` is 0 when it did not exist."""
+        return self._client._send(state_calls.delete_key(key, if_match, tenant))
+
+    def list(
+        self,
+        prefix: str = "",
+        limit: int = 100,
+        after: str | None = None,
+        revision: int | None = None,
+        tenant: str | None = None,
+    ) -> KeyList:
+        """One page of the entries under ``prefix`` in key order; pass ``next_key`` back as ``after``."""
+        return self._client._send(state_calls.list_keys(prefix, limit, after, revision, tenant))
+
+    def iter(
+        self, prefix: str = "", page_size: int = 100, revision: int | None = None, tenant: str | None = None
+    ) -> Iterator[KeyValueOut]:
+        """Every entry under ``prefix`` in key order, all pages read at the first page's revision.
+
+        ``CompactedError`` when that revision is compacted before the last page is read.
+        """
+        after: str | None = None
+        while True:
+            page = self._client._send(state_calls.list_keys(prefix, page_size, after, revision, tenant))
+            yield from page.items
+            if page.next_key is None:
+                return
+            after, revision = page.next_key, page.revision
+
+    def txn(
+        self,
+        compare: Iterable[CompareInput] = (),
+        success: Iterable[OpInput] = (),
+        failure: Iterable[OpInput] = (),
+        tenant: str | None = None,
+    ) -> TxnOut:
+        """If every compare holds, the ``success`` ops, else the ``failure`` ops; atomically, at one revision.
+
+        tp.state.txn(
+            compare=[Compare.mod_revision("acct/a", "==", 7)],
+            success=[Op.put("acct/a", 90), Op.put("acct/b", 110)],
+            failure=[Op.get("acct/a")],
+        )
+        """
+        return self._client._send(state_calls.txn(state_calls.txn_request(compare, success, failure), tenant))
+
+    def watch(
+        self,
+        prefix: str = "",
+        *,
+        key: str | None = None,
+        from_revision: int | None = None,
+        tenant: str | None = None,
+        retries: int = 5,
+    ) -> Iterator[KeyEventOut]:
+        """The changes of ``key``, or of the keys under ``prefix``, from ``from_revision`` (default: from now on).
+
+        Never ends by itself: when the stream ends or drops it is reopened from the revision after the last
+        one seen, so each revision comes once and in order. ``CompactedError`` when the server no longer keeps
+        the revision to resume from; ``UnavailableError`` after ``retries`` reconnects in a row brought nothing.
+        The request is sent when iteration starts; close the iterator to stop.
+        """
+        cursor = state_calls.WatchCursor(from_revision)
+        failures = 0
+        while True:
+            call = state_calls.watch(prefix, key, cursor.next_revision, tenant)
+            heard, error = False, None
+            try:
+                with self._client._stream(call, idle=state_calls.WATCH_IDLE_SECONDS) as response:
+                    for message in state_calls.sse_messages(response.iter_lines()):
+                        heard = True
+                        event = cursor.accept(message)
+                        if event is not None:
+                            yield event
+            except UnavailableError as exc:
+                error = exc
+            failures = 0 if heard else failures + 1
+            if failures > retries:
+                raise error or UnavailableError(f"the watch stream ended {failures} times in a row without a word")
+            time.sleep(state_calls.reconnect_delay(failures))
+
+    # -- leases ---------------------------------------------------------------------------------------------
+
+    def lease(self, ttl: float | timedelta, tenant: str | None = None) -> LeaseOut:
+        """A new lease of ``ttl`` seconds; keys put with it vanish when it expires."""
+        return self._client._send(state_calls.grant_lease(ttl, tenant))
+
+    def keepalive(self, lease_id: int, tenant: str | None = None) -> LeaseOut:
+        """Renew a live lease for another ``ttl``; ``NotFoundError`` once it expired (its keys are gone)."""
+        return self._client._send(state_calls.keepalive(lease_id, tenant))
+
+    def revoke_lease(self, lease_id: int, tenant: str | None = None) -> LeaseRevoked:
+        """End a lease now; its keys are deleted at the returned revision."""
+        return self._client._send(state_calls.revoke_lease(lease_id, tenant))
+
+    def get_lease(self, lease_id: int, tenant: str | None = None) -> LeaseOut:
+        """A live lease and its keys."""
+        return self._client._send(state_calls.get_lease(lease_id, tenant))

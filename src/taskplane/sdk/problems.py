@@ -3,8 +3,9 @@
 Two kinds of failure reach a client:
 
 - a non-2xx response: its RFC 9457 problem ``code`` picks the class in ``ERRORS_BY_CODE``; a response without
-  a known code falls back on its status (401, 403, 404, 409, 413, 429, other 4xx, 5xx). A ``RateLimitedError``
-  gets ``retry_after`` (seconds) from the problem, else from the ``Retry-After`` header;
+  a known code falls back on its status (401, 403, 404, 409, 410 ``CompactedError``, 412
+  ``PreconditionFailedError``, 413, 429, other 4xx, 5xx). A ``RateLimitedError`` gets ``retry_after``
+  (seconds) from the problem, else from the ``Retry-After`` header;
 - a transport failure (refused, reset, timed out): ``UnavailableError`` naming the URL, raised from the
   ``httpx`` exception.
 
@@ -23,12 +24,14 @@ import httpx
 
 from taskplane.errors import (
     ERRORS_BY_CODE,
+    CompactedError,
     ConflictError,
     ForbiddenError,
     InvalidRequestError,
     LimitExceededError,
     NotFoundError,
     PayloadTooLargeError,
+    PreconditionFailedError,
     RateLimitedError,
     TaskplaneError,
     UnauthenticatedError,
@@ -48,6 +51,10 @@ def error_class_for_status(status: int) -> type[TaskplaneError]:
         return NotFoundError
     if status == 409:
         return ConflictError
+    if status == 410:
+        return CompactedError
+    if status == 412:
+        return PreconditionFailedError
     if status == 413:
         return PayloadTooLargeError
     if status == 429:

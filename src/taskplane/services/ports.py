@@ -333,7 +333,8 @@ class KVLimits:
 class KVStore(Protocol):
     """The state API's store: per-tenant keys, store-wide revisions, leases, history. Each call is atomic.
 
-    Mutations take the ``audit`` entry of the request and commit it with the change (same transaction on SQL).
+    Mutations take the ``audit`` entry of the request and commit it with the change (same transaction on SQL);
+    a ``txn`` whose branch changed no key writes no record (the caller records such a request itself).
     ``now`` is the caller's clock: a key whose lease expired before ``now`` is missing for every read and
     compare, even before ``expire_leases`` records its deletion. Values are JSON-compatible Python values.
     """
@@ -389,6 +390,10 @@ class KVStore(Protocol):
 
     async def compact(self, keep_from: int) -> int:
         """Drop history older than revision ``keep_from``; returns the oldest revision still readable."""
+        ...
+
+    async def purge_tenant(self, tenant: str) -> None:
+        """Remove every key, lease and history entry of ``tenant`` (the tenant is being deleted or made anew)."""
         ...
 
     async def ping(self) -> None:

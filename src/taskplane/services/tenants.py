@@ -33,7 +33,7 @@ from taskplane.domain.tenant import (
 )
 from taskplane.errors import ConflictError, InvalidRequestError, NotFoundError
 from taskplane.services.access import Caller
-from taskplane.services.ports import AdminStore, Clock
+from taskplane.services.ports import AdminStore, Clock, KVStore
 from taskplane.services.specs import naming
 from taskplane.services.views import resources_out, tenant_out
 from taskplane.wire import PolicyIn, QuotaIn, TenantCreate, TenantList, TenantOut, TenantStatusOut, TenantUpdate
@@ -192,11 +192,13 @@ class TenantService:
         engine: TenantDirectory,
         clock: Clock,
         on_deleted: Callable[[str], None] | None = None,
+        state: KVStore | None = None,
     ) -> None:
         self._store = store
         self._engine = engine
         self._clock = clock
         self._on_deleted = on_deleted  # drops cached credentials of a deleted tenant (its keys were revoked)
+        self._state = state  # a deleted tenant's state keys go with it
 
     def _out(self, tenant: Tenant, *, implicit: bool = False) -> TenantOut:
         counts = self._engine.tenant_counts(tenant.name)
@@ -227,6 +229,10 @@ class TenantService:
             )
         now = self._clock.now()
         tenant = apply_tenant_fields(Tenant(body.name, created_at=now, updated_at=now), body, self._engine)
+        if self._state is not None:
+            # Nothing of an earlier tenant of this name may show up in the new one (a purge after its delete
+            # may have failed half way).
+            await self._state.purge_tenant(body.name)
         audit = caller.entry(now, "tenants.create", f"tenants/{tenant.name}", tenant.name)
         saved = await self._store.create_tenant(tenant, audit)
         caller.audited = True
@@ -296,6 +302,8 @@ class TenantService:
         self._engine.drop_tenant(name)
         if self._on_deleted is not None:
             self._on_deleted(name)
+        if self._state is not None:
+            await self._state.purge_tenant(name)
 
 
 def _missing(name: str) -> NotFoundError:

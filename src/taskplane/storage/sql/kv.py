@@ -230,13 +230,24 @@ class SqlKVStore:
     async def _read(self, action: str, body: Callable[[Connection], T]) -> T:
         return await self._call(self._reader, partial(_in_transaction, self._snapshot_engine, action, body))
 
-    async def _write(self, action: str, body: Callable[[Connection], T], audit: AuditEntry | None = None) -> T:
-        """``body`` in one write transaction, after the revision lock; ``audit`` chained last."""
-        entries = [] if audit is None else [audit]
+    async def _write(
+        self,
+        action: str,
+        body: Callable[[Connection], T],
+        audit: AuditEntry | None = None,
+        changed: Callable[[T], bool] | None = None,
+    ) -> T:
+        """``body`` in one write transaction, after the revision lock; ``audit`` chained last.
+
+        With ``changed``, the audit entry is written only when ``changed(result)`` says the request changed
+        something: a request that changed nothing (a failed compare) is recorded by the HTTP gate instead, with
+        its real outcome.
+        """
 
         def locked(conn: Connection) -> T:
             result = body(conn)
-            security.append_audit(conn, self._security, entries)
+            if audit is not None and (changed is None or changed(result)):
+                security.append_audit(conn, self._security, [audit])
             return result
 
         return await self._call(self._writer, partial(_in_transaction, self._write_engine, action, locked))
@@ -254,7 +265,7 @@ class SqlKVStore:
         writes = any(op.kind is not OpKind.GET for op in (*txn.success, *txn.failure))
         if not writes and audit is None:
             return await self._read("read state", partial(self._read_txn, tenant, checked, now))
-        return await self._write("write state", partial(self._write_txn, tenant, checked, now), audit)
+        return await self._write("write state", partial(self._write_txn, tenant, checked, now), audit, _wrote)
 
     def _check_txn(self, txn: Txn) -> _Checked:
         limits = self._limits
@@ -645,6 +656,15 @@ class SqlKVStore:
 
         return await self._write("compact state history", body)
 
+    async def purge_tenant(self, tenant: str) -> None:
+        """Remove every key, lease and history row of ``tenant`` (it was deleted; nothing of it may outlive it)."""
+
+        def body(conn: Connection) -> None:
+            for table in (kv, kv_history, kv_leases):
+                conn.execute(delete(table).where(table.c.tenant == tenant))
+
+        await self._write("purge a tenant's state", body)
+
     # ---------------------------------------------------------------------------------- lifecycle
 
     async def ping(self) -> None:
@@ -782,3 +802,8 @@ if TYPE_CHECKING:
 
     def _implements_the_port(store: SqlKVStore) -> KVStore:
         return store  # mypy checks that SqlKVStore matches the KVStore protocol
+
+
+def _wrote(result: TxnResult) -> bool:
+    """True when the branch that ran changed a key (a put, or a delete that found something)."""
+    return any(r.kind is OpKind.PUT or r.deleted > 0 for r in result.results)
