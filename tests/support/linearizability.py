@@ -19,7 +19,14 @@ the key missing; every write carries the store-wide revision, strictly increasin
 
 An *indeterminate* call (``ret is None``: timed out, connection lost) may have taken effect at any point after
 its call, or never; its result is unknown. Its writes then carry an unknown revision, which a later read of the
-entry pins down (so an indeterminate write's revision is checked loosely).
+entry pins down (so an indeterminate write's revision is checked loosely). A compare on such an unknown
+revision takes the branch the call observed (for an indeterminate call: the success branch).
+
+The search prunes in four sound ways besides the cache: a call that leaves the state unchanged (a read, a
+failed CAS) and fits now is placed now without a choice point (Lowe); writes with a known revision are placed
+in revision order; indeterminate calls are tried only when no determinate call fits, never as no-ops; of
+interchangeable indeterminate calls (puts of one key with values nobody observes, deletes of one key) only the
+earliest open one is tried. Many indeterminate calls whose values *are* observed can still exhaust the budget.
 
 What this does not check: header revisions of reads, cross-key revision order beyond real-time order of
 writes, ``delete_prefix`` (the keys it touches are not known from the history), leases other than their
@@ -266,9 +273,9 @@ def check(
     ops = list(history)
     global_failure = _check_revisions(ops)
     if global_failure is not None:
-        explanation, witness = global_failure
-        keys = tuple(sorted({k for op in witness for k in _keys_of(op.input)}))
-        return Result(Verdict.ILLEGAL, keys, explanation, witness)
+        why, pair = global_failure
+        keys = tuple(sorted({k for op in pair for k in _keys_of(op.input)}))
+        return Result(Verdict.ILLEGAL, keys, why, pair)
     parts = _partition(ops)
     total = 0
     unknown: Result | None = None
@@ -276,7 +283,7 @@ def check(
         outcome = _search(_compile(keys, part), budget)
         total += outcome.steps
         if outcome.verdict is Verdict.ILLEGAL:
-            witness = _shrink(keys, part, budget, minimize_budget) if minimize else part
+            witness = _shrink(keys, part, budget, minimize_budget) if minimize else list(part)
             final = _search(_compile(keys, witness), budget)
             explanation = _explain(final) if final.verdict is Verdict.ILLEGAL else _explain(outcome)
             return Result(Verdict.ILLEGAL, keys, explanation, tuple(witness), len(parts), total)
@@ -588,7 +595,8 @@ def _holds(entry: _Entry | None, target: CompareTarget, op: CompareOp, operand: 
         return False
     if isinstance(actual, str) != isinstance(operand, str):
         return False
-    return bool(actual > operand) if op is CompareOp.GREATER else bool(actual < operand)
+    left: Any = actual
+    return bool(left > operand) if op is CompareOp.GREATER else bool(left < operand)
 
 
 def _apply(state: _State, step: _Step, why: list[str] | None = None) -> _State | None:
@@ -823,10 +831,10 @@ def _interchangeable(compiled: _Compiled) -> list[tuple[int, ...]]:
     observed: set[tuple[int, Any]] = set()
     ordered_values: set[int] = set()
     for step in compiled.steps:
-        for key, target, op, operand in step.compares:
+        for key, target, how, operand in step.compares:
             if target is CompareTarget.VALUE:
                 observed.add((key, operand))
-                if op in (CompareOp.GREATER, CompareOp.LESS):
+                if how in (CompareOp.GREATER, CompareOp.LESS):
                     ordered_values.add(key)
         if step.observed:
             branch = step.success if step.succeeded else step.failure
