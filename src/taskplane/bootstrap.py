@@ -9,7 +9,9 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Iterable
 from pathlib import Path
+from typing import IO, TYPE_CHECKING
 
 from taskplane.config import PoolSettings, Settings
 from taskplane.domain import quantities as q
@@ -29,6 +31,9 @@ from taskplane.services.specs import SpecLimits
 from taskplane.services.state import StateService
 from taskplane.services.tasks import TaskService, TaskServiceConfig
 from taskplane.services.tenants import TenantService
+
+if TYPE_CHECKING:
+    from taskplane.storage.sql.backup import ExportSummary, ImportSummary
 
 log = logging.getLogger("taskplane")
 
@@ -358,3 +363,39 @@ def serve(settings: Settings) -> None:
         ssl_keyfile=str(settings.tls_key) if settings.tls_key is not None else None,
         h11_max_incomplete_event_size=settings.max_header_bytes,
     )
+
+
+def export_state(settings: Settings, out: IO[bytes]) -> ExportSummary:
+    """Write every tenant's state entries as JSON lines to ``out``, straight from the database (one snapshot)."""
+    from taskplane.storage.sql.backup import export_state as export
+    from taskplane.storage.sql.engine import create_sql_engine
+
+    engine = create_sql_engine(settings.resolved_database_url(), pool_size=1)
+    try:
+        return export(engine, out, SystemClock().now())
+    finally:
+        engine.dispose()
+
+
+def import_state(settings: Settings, lines: Iterable[bytes], source: str) -> ImportSummary:
+    """Restore a state export into the (migrated, empty) database, audited as the server's own act."""
+    from taskplane.services.access import Caller
+    from taskplane.storage.sql.backup import import_state as restore
+    from taskplane.storage.sql.engine import create_sql_engine
+
+    upgrade_database(settings)
+    audit = Caller.system("bootstrap").entry(
+        SystemClock().now(), "state.import", "state", None, why="'taskplane db state-import'", file=source
+    )
+    engine = create_sql_engine(settings.resolved_database_url(), pool_size=1)
+    try:
+        return restore(engine, lines, audit)
+    finally:
+        engine.dispose()
+
+
+def backup_database(settings: Settings, dest: Path) -> Path:
+    """Copy the live SQLite database to ``dest`` with SQLite's online backup API (PostgreSQL: refused)."""
+    from taskplane.storage.sql.backup import backup_sqlite
+
+    return backup_sqlite(settings.resolved_database_url(), dest)

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import sys
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any
@@ -135,3 +136,80 @@ def db_admin_token(
 
     path = mint_admin_token(settings)
     render.error(f"a new platform-admin key is in {path} (mode 0600); the CLI on this machine uses it")
+
+
+@db_app.command("state-export")
+def db_state_export(
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", dir_okay=False, help="Write here (default: standard output).")
+    ] = None,
+    data_dir: DataDirOption = None,
+    database_url: DatabaseUrlOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Export every tenant's state entries as JSON lines with their revisions, straight from the database.
+
+    One consistent snapshot, safe while the server runs. Leases are not exported (a leased key is written
+    without its lease). Restore with 'taskplane db state-import'.
+    """
+    settings = settings_from(config, data_dir=data_dir, database_url=database_url)
+    from taskplane.bootstrap import export_state
+
+    if output is None:
+        summary = export_state(settings, sys.stdout.buffer)
+        sys.stdout.flush()
+    else:
+        partial = output.with_name(f".{output.name}.partial")
+        try:
+            with partial.open("wb") as out:
+                summary = export_state(settings, out)
+            partial.replace(output)
+        finally:
+            partial.unlink(missing_ok=True)
+    dropped = f"; {summary.leased_keys} leased keys exported without their lease" if summary.leased_keys else ""
+    render.error(f"exported {summary.entries} entries at revision {summary.revision}{dropped}")
+
+
+@db_app.command("state-import")
+def db_state_import(
+    file: Annotated[Path, typer.Argument(help="An export of 'taskplane db state-export'; '-' reads standard input.")],
+    data_dir: DataDirOption = None,
+    database_url: DatabaseUrlOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Restore a state export into a database whose state store is empty (all or nothing, one transaction).
+
+    Entries keep their revisions and versions, and the store its revision; history before that revision is
+    not restored (reads and watches from before it answer 'compacted').
+    """
+    settings = settings_from(config, data_dir=data_dir, database_url=database_url)
+    from taskplane.bootstrap import import_state
+
+    if str(file) == "-":
+        summary = import_state(settings, sys.stdin.buffer, "-")
+    else:
+        try:
+            with file.open("rb") as lines:
+                summary = import_state(settings, lines, str(file))
+        except OSError as exc:
+            raise typer.BadParameter(f"cannot read {file}: {exc.strerror}", param_hint="FILE") from exc
+    render.error(f"imported {summary.entries} entries; the state store is at revision {summary.revision}")
+
+
+@db_app.command("backup")
+def db_backup(
+    file: Annotated[Path, typer.Argument(dir_okay=False, help="The copy to create (must not exist).")],
+    data_dir: DataDirOption = None,
+    database_url: DatabaseUrlOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Copy the SQLite database with SQLite's online backup API: consistent, while the server runs.
+
+    To restore: stop the server, replace taskplane.db with the copy, delete taskplane.db-wal and
+    taskplane.db-shm, start the server. PostgreSQL: see the Backups section of docs/operations.md.
+    """
+    settings = settings_from(config, data_dir=data_dir, database_url=database_url)
+    from taskplane.bootstrap import backup_database
+
+    path = backup_database(settings, file)
+    render.error(f"backed up {redact(settings.resolved_database_url())} to {path}")

@@ -44,7 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from sqlalchemy import Connection, Engine, Select, bindparam, delete, exists, insert, or_, select, update
@@ -75,7 +75,7 @@ from taskplane.errors import (
     UnavailableError,
 )
 from taskplane.services.ports import KVLimits, KVStore
-from taskplane.storage.sql import security
+from taskplane.storage.sql import backup, security
 from taskplane.storage.sql.engine import WRITE_OPTION, create_sql_engine, is_sqlite, parse_database_url
 from taskplane.storage.sql.errors import translated
 from taskplane.storage.sql.tables import META_KV_COMPACTED, META_KV_REVISION, kv, kv_history, kv_leases, meta
@@ -664,6 +664,16 @@ class SqlKVStore:
                 conn.execute(delete(table).where(table.c.tenant == tenant))
 
         await self._write("purge a tenant's state", body)
+
+    # ------------------------------------------------------------------------------ export/import
+
+    async def export_entries(self, out: IO[bytes], now: datetime) -> backup.ExportSummary:
+        """Every tenant's entries live at ``now`` as JSON lines to ``out``, one snapshot (``storage.sql.backup``)."""
+        return await self._call(self._reader, partial(backup.export_state, self._engine, out, now))
+
+    async def import_entries(self, lines: Iterable[bytes], audit: AuditEntry | None = None) -> backup.ImportSummary:
+        """Restore an export into this empty store, in one transaction (``storage.sql.backup.import_state``)."""
+        return await self._call(self._writer, partial(backup.import_state, self._engine, lines, audit))
 
     # ---------------------------------------------------------------------------------- lifecycle
 
