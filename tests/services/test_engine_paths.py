@@ -188,6 +188,14 @@ class H:
         assert row is not None
         return row
 
+    async def stored_as(self, task: Task, state: TaskState, timeout: float = 5.0) -> None:
+        """Wait until the task's committed row is in ``state``: the engine lets go of an ended task when it
+        decides, and its committer writes the row a moment later."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while (row := await self.stored(task)).state is not state:
+            assert asyncio.get_running_loop().time() < deadline, f"stored as {row.state}, not {state}"
+            await asyncio.sleep(0.01)
+
     def usage(self, tenant: str = "default") -> Resources:
         return self.engine.tenant_counts(tenant).usage
 
@@ -338,7 +346,7 @@ async def test_handoff_started_by_the_node_moves_its_hold_without_double_countin
     fake.emit(exited(waiting.id, 1, code=0))
     await local.until(lambda: local.state(waiting) is None)
     assert local.usage() == ZERO and local.ledger_running() == 0
-    assert (await local.stored(waiting)).state is TaskState.SUCCEEDED
+    await local.stored_as(waiting, TaskState.SUCCEEDED)
 
 
 async def test_handoff_exit_without_a_started_event_is_recorded_and_released(local: H) -> None:
@@ -349,7 +357,7 @@ async def test_handoff_exit_without_a_started_event_is_recorded_and_released(loc
     fake.emit(exited(waiting.id, 1, code=0))  # started and ended between two looks
     await local.until(lambda: local.state(waiting) is None)
     assert local.usage() == ZERO and local.ledger_running() == 0
-    assert (await local.stored(waiting)).state is TaskState.SUCCEEDED
+    await local.stored_as(waiting, TaskState.SUCCEEDED)
 
 
 async def test_cancel_of_handed_off_launch_stopped_in_the_queue_releases_its_hold(local: H) -> None:
@@ -362,7 +370,7 @@ async def test_cancel_of_handed_off_launch_stopped_in_the_queue_releases_its_hol
     await local.until(lambda: (waiting.id, 1) in fake.acks)
     assert local.usage() == Resources(4000, MEM)  # the hog only
     assert local.ledger_running() == 1
-    assert (await local.stored(waiting)).state is TaskState.CANCELLED
+    await local.stored_as(waiting, TaskState.CANCELLED)
 
 
 async def test_taken_back_handoff_is_queued_again_and_its_hold_dropped(local: H) -> None:
@@ -445,7 +453,7 @@ async def test_start_and_stop_go_to_the_pool_s_own_executor(mixed: H) -> None:
     assert cancelled is not None and cancelled.state is TaskState.CANCELLING
     await mixed.until(lambda: mixed.state(task) is None)
     assert fake.stops == []  # the stop went to the simulated executor only
-    assert (await mixed.stored(task)).state is TaskState.CANCELLED
+    await mixed.stored_as(task, TaskState.CANCELLED)
     assert mixed.usage() == ZERO
 
 
