@@ -9,12 +9,13 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from taskplane.config import PoolSettings, Settings
 from taskplane.domain import quantities as q
+from taskplane.domain.audit import AuditEntry
 from taskplane.domain.pool import DEFAULT_POOL, Node, PlacementStrategy, Pool
 from taskplane.domain.resources import Resources, extended_of
 from taskplane.errors import InvalidRequestError
@@ -24,7 +25,7 @@ from taskplane.services.clock import SystemClock
 from taskplane.services.engine import Engine, EngineConfig
 from taskplane.services.ids import new_reservation_id
 from taskplane.services.platform import Housekeeping, Platform
-from taskplane.services.ports import Executor, KVLimits
+from taskplane.services.ports import Executor, KVLimits, KVStore
 from taskplane.services.resources import ResourceService
 from taskplane.services.security import AuditService, SecurityService
 from taskplane.services.specs import SpecLimits
@@ -196,9 +197,11 @@ def build_platform(settings: Settings) -> Platform:
         ),
     )
     auth = AuthService(store, clock, build_auth_config(settings))
-    kv = SqlKVStore(
-        settings.resolved_database_url(),
-        KVLimits(max_value_bytes=settings.state_max_value_bytes, max_ops=settings.state_max_ops),
+    limits = KVLimits(max_value_bytes=settings.state_max_value_bytes, max_ops=settings.state_max_ops)
+    kv: KVStore = (
+        build_redis_kv(settings, limits, store.append_audit)
+        if settings.state_backend == "redis"
+        else SqlKVStore(settings.resolved_database_url(), limits)
     )
     return Platform(
         tasks=tasks,
@@ -211,10 +214,32 @@ def build_platform(settings: Settings) -> Platform:
         security=SecurityService(store, auth, clock, lambda name: engine.tenant(name) is not None),
         audit=AuditService(store),
         clock=clock,
-        state=StateService(kv, clock, kv.limits, lambda name: engine.tenant(name) is not None),
+        state=StateService(kv, clock, limits, lambda name: engine.tenant(name) is not None),
         kv=kv,
         housekeeping=Housekeeping(history_revisions=settings.state_history_revisions),
     )
+
+
+def build_redis_kv(
+    settings: Settings, limits: KVLimits, audit: Callable[[list[AuditEntry]], Awaitable[object]]
+) -> KVStore:
+    """The state store on Redis or Redis Cluster (``state_backend = "redis"``; needs ``taskplane[redis]``)."""
+    try:
+        from redis.asyncio import Redis
+        from redis.asyncio.cluster import RedisCluster
+    except ImportError as exc:  # the optional extra is not installed
+        raise SystemExit(
+            "taskplane: state_backend = 'redis' needs the redis extra: pip install 'taskplane[redis]'"
+        ) from exc
+    from taskplane.storage.redis.kv import RedisKVStore
+
+    url = settings.state_redis_url
+    client = RedisCluster.from_url(url) if settings.state_redis_cluster else Redis.from_url(url)
+
+    async def sink(entries: list[AuditEntry]) -> None:
+        await audit(entries)
+
+    return RedisKVStore(client, limits, sink, prefix=settings.state_redis_prefix, owns_client=True)
 
 
 def write_secret(path: Path, text: str) -> None:

@@ -188,6 +188,10 @@ class Settings(BaseSettings):
     state_max_value_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
     state_max_ops: int = Field(default=128, ge=1, le=10_000)  # compares + ops per transaction
     state_history_revisions: int = Field(default=100_000, ge=1000)  # kept for past reads and resumed watches
+    state_backend: Literal["sql", "redis"] = "sql"  # redis: see docs/state-redis.md for what it can lose
+    state_redis_url: str = "redis://127.0.0.1:6379/0"
+    state_redis_cluster: bool = False
+    state_redis_prefix: str = Field(default="tp", pattern=r"^[A-Za-z0-9_.:-]{1,32}$")
     # Empty: one pool "default" served by the local executor. ``TASKPLANE_POOLS`` takes a JSON list, decoded by
     # ``_decode_pools`` (NoDecode) so that bad JSON is a ValidationError naming the field, like any other bad value.
     pools: Annotated[list[PoolSettings], NoDecode] = Field(default_factory=list)
