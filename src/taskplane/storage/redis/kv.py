@@ -43,8 +43,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from taskplane.domain.audit import AuditEntry
 from taskplane.domain.state import (
-    CompareOp,
-    CompareTarget,
     Event,
     EventType,
     KeyValue,
@@ -54,12 +52,11 @@ from taskplane.domain.state import (
     OpResult,
     Txn,
     TxnResult,
-    check_key,
-    check_prefix,
     evaluate,
 )
-from taskplane.errors import CompactedError, InvalidRequestError, NotFoundError, PayloadTooLargeError, UnavailableError
+from taskplane.errors import CompactedError, InvalidRequestError, NotFoundError, UnavailableError
 from taskplane.services.ports import KVLimits, KVStore
+from taskplane.storage.kv_checks import check_txn, checked_key, checked_prefix, encode_value
 
 AuditSink = Callable[[list[AuditEntry]], Awaitable[None]]
 """Receives the audit entry of a mutation after the change succeeded (not atomically with it)."""
@@ -516,60 +513,16 @@ class RedisKVStore:
         raise UnavailableError("the state store is too contended: the transaction could not commit")
 
     def _check_txn(self, txn: Txn) -> dict[tuple[bool, int], str]:
-        limits = self._limits
-        for name, count in (
-            ("compares", len(txn.compares)),
-            ("success", len(txn.success)),
-            ("failure", len(txn.failure)),
-        ):
-            if count > limits.max_ops:
-                raise InvalidRequestError(
-                    f"at most {limits.max_ops} {name} per transaction, got {count}", code="too_many_ops"
-                )
-        for compare in txn.compares:
-            _check_key(compare.key)
-            if not isinstance(compare.target, CompareTarget) or not isinstance(compare.op, CompareOp):
-                raise InvalidRequestError("unknown compare target or operator", code="invalid_compare")
-        encoded: dict[tuple[bool, int], str] = {}
-        total = 0
-        for branch, ops in ((True, txn.success), (False, txn.failure)):
-            for i, op in enumerate(ops):
-                if not isinstance(op.kind, OpKind):
-                    raise InvalidRequestError(f"unknown op {op.kind!r}", code="invalid_op")
-                if op.kind is OpKind.DELETE_PREFIX:
-                    _check_prefix(op.key)
-                else:
-                    _check_key(op.key)
-                total += len(op.key)
-                if op.kind is OpKind.PUT:
-                    if op.lease is not None and (isinstance(op.lease, bool) or not isinstance(op.lease, int)):
-                        raise InvalidRequestError("a lease is an integer id", code="invalid_lease")
-                    text = self._encode(op.value)
-                    encoded[(branch, i)] = text
-                    total += len(text)
-        if total > limits.max_txn_bytes:
-            raise PayloadTooLargeError(
-                f"a transaction is at most {limits.max_txn_bytes} bytes of keys and values", code="txn_too_large"
-            )
-        return encoded
+        return check_txn(txn, self._limits)
 
     def _encode(self, value: Any) -> str:
-        try:
-            data = orjson.dumps(value)
-        except (TypeError, orjson.JSONEncodeError) as exc:
-            raise InvalidRequestError(f"a value must be JSON: {exc}", code="invalid_value") from exc
-        if len(data) > self._limits.max_value_bytes:
-            raise PayloadTooLargeError(
-                f"a value is at most {self._limits.max_value_bytes} bytes of JSON (this one is {len(data)})",
-                code="value_too_large",
-            )
-        return data.decode("utf-8")
+        return encode_value(value, self._limits)
 
     # -------------------------------------------------------------------------------------- reading
 
     async def get(self, tenant: str, key: str, now: datetime, revision: int | None = None) -> KeyValue | None:
         """The entry of ``key`` now, or at ``revision`` (the tenant's revision) if given."""
-        _check_key(key)
+        checked_key(key)
         page = await self._read(tenant, key, now, 1, None, revision, exact=True)
         return page.items[0] if page.items else None
 
@@ -577,7 +530,7 @@ class RedisKVStore:
         self, tenant: str, prefix: str, now: datetime, limit: int, after: str | None = None, revision: int | None = None
     ) -> KVPage:
         """Entries under ``prefix`` in key order after ``after``, at most ``limit``; ``revision`` is the tenant's."""
-        _check_prefix(prefix)
+        checked_prefix(prefix)
         if limit < 1:
             raise InvalidRequestError(f"limit must be at least 1, got {limit}", code="invalid_limit")
         return await self._read(tenant, prefix, now, limit, after, revision, exact=False)
@@ -630,7 +583,7 @@ class RedisKVStore:
 
     async def events(self, tenant: str, prefix: str, from_revision: int, limit: int) -> list[Event]:
         """Changes under ``prefix`` from ``from_revision`` on, in (revision, key) order; whole revisions only."""
-        _check_prefix(prefix)
+        checked_prefix(prefix)
         if limit < 1:
             raise InvalidRequestError(f"limit must be at least 1, got {limit}", code="invalid_limit")
         raw = await self._run(_S_EVENTS, tenant, from_revision, prefix, limit)
@@ -773,18 +726,6 @@ def _lease(lease_id: int, tenant: str, raw: Sequence[Any]) -> Lease:
     ttl = float(_text(raw[0]).split(" ", 1)[1])
     expires_at = _EPOCH + timedelta(microseconds=int(float(_text(raw[1]))))
     return Lease(lease_id, tenant, ttl, expires_at, tuple(_text(k) for k in raw[2]))
-
-
-def _check_key(key: str) -> None:
-    problem = check_key(key) if isinstance(key, str) else "a key is a string"
-    if problem is not None:
-        raise InvalidRequestError(problem, code="invalid_key")
-
-
-def _check_prefix(prefix: str) -> None:
-    problem = check_prefix(prefix) if isinstance(prefix, str) else "a prefix is a string"
-    if problem is not None:
-        raise InvalidRequestError(problem, code="invalid_key")
 
 
 def _ttl(ttl: float) -> timedelta:

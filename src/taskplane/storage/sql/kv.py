@@ -52,8 +52,6 @@ from sqlalchemy.sql import ColumnElement
 
 from taskplane.domain.audit import AuditEntry
 from taskplane.domain.state import (
-    CompareOp,
-    CompareTarget,
     Event,
     EventType,
     KeyValue,
@@ -63,18 +61,16 @@ from taskplane.domain.state import (
     OpResult,
     Txn,
     TxnResult,
-    check_key,
-    check_prefix,
     evaluate,
 )
 from taskplane.errors import (
     CompactedError,
     InvalidRequestError,
     NotFoundError,
-    PayloadTooLargeError,
     UnavailableError,
 )
 from taskplane.services.ports import KVLimits, KVStore
+from taskplane.storage.kv_checks import check_txn, checked_key, checked_prefix, encode_value
 from taskplane.storage.sql import backup, security
 from taskplane.storage.sql.engine import WRITE_OPTION, create_sql_engine, is_sqlite, parse_database_url
 from taskplane.storage.sql.errors import translated
@@ -268,54 +264,10 @@ class SqlKVStore:
         return await self._write("write state", partial(self._write_txn, tenant, checked, now), audit, _wrote)
 
     def _check_txn(self, txn: Txn) -> _Checked:
-        limits = self._limits
-        for name, count in (
-            ("compares", len(txn.compares)),
-            ("success", len(txn.success)),
-            ("failure", len(txn.failure)),
-        ):
-            if count > limits.max_ops:
-                raise InvalidRequestError(
-                    f"at most {limits.max_ops} {name} per transaction, got {count}", code="too_many_ops"
-                )
-        for compare in txn.compares:
-            _check_key(compare.key)
-            if not isinstance(compare.target, CompareTarget) or not isinstance(compare.op, CompareOp):
-                raise InvalidRequestError("unknown compare target or operator", code="invalid_compare")
-        encoded: dict[tuple[bool, int], str] = {}
-        total = 0
-        for branch, ops in ((True, txn.success), (False, txn.failure)):
-            for i, op in enumerate(ops):
-                if not isinstance(op.kind, OpKind):
-                    raise InvalidRequestError(f"unknown op {op.kind!r}", code="invalid_op")
-                if op.kind is OpKind.DELETE_PREFIX:
-                    _check_prefix(op.key)
-                else:
-                    _check_key(op.key)
-                total += len(op.key)
-                if op.kind is OpKind.PUT:
-                    if op.lease is not None and (isinstance(op.lease, bool) or not isinstance(op.lease, int)):
-                        raise InvalidRequestError("a lease is an integer id", code="invalid_lease")
-                    text = self._encode(op.value)
-                    encoded[(branch, i)] = text
-                    total += len(text)
-        if total > limits.max_txn_bytes:
-            raise PayloadTooLargeError(
-                f"a transaction is at most {limits.max_txn_bytes} bytes of keys and values", code="txn_too_large"
-            )
-        return _Checked(txn, encoded)
+        return _Checked(txn, check_txn(txn, self._limits))
 
     def _encode(self, value: Any) -> str:
-        try:
-            data = orjson.dumps(value)
-        except (TypeError, orjson.JSONEncodeError) as exc:
-            raise InvalidRequestError(f"a value must be JSON: {exc}", code="invalid_value") from exc
-        if len(data) > self._limits.max_value_bytes:
-            raise PayloadTooLargeError(
-                f"a value is at most {self._limits.max_value_bytes} bytes of JSON (this one is {len(data)})",
-                code="value_too_large",
-            )
-        return data.decode("utf-8")
+        return encode_value(value, self._limits)
 
     def _read_txn(self, tenant: str, checked: _Checked, now: datetime, conn: Connection) -> TxnResult:
         txn = checked.txn
@@ -454,7 +406,7 @@ class SqlKVStore:
         ``InvalidRequestError`` (``future_revision``) above the current revision, ``CompactedError`` below the
         kept history. At the current revision a read is of the live state (expired leases hide their keys).
         """
-        _check_key(key)
+        checked_key(key)
         page = await self._read("get a key", partial(self._range, tenant, key, now, 1, None, revision, exact=True))
         return page.items[0] if page.items else None
 
@@ -462,7 +414,7 @@ class SqlKVStore:
         self, tenant: str, prefix: str, now: datetime, limit: int, after: str | None = None, revision: int | None = None
     ) -> KVPage:
         """Entries under ``prefix`` in key order after ``after``, at most ``limit``; see ``get`` for ``revision``."""
-        _check_prefix(prefix)
+        checked_prefix(prefix)
         if limit < 1:
             raise InvalidRequestError(f"limit must be at least 1, got {limit}", code="invalid_limit")
         return await self._read("list keys", partial(self._range, tenant, prefix, now, limit, after, revision))
@@ -519,7 +471,7 @@ class SqlKVStore:
         ``limit`` comes whole (so a caller resuming at ``last.revision + 1`` misses nothing).
         ``CompactedError`` (``oldest_revision``) when ``from_revision`` is older than the kept history.
         """
-        _check_prefix(prefix)
+        checked_prefix(prefix)
         if limit < 1:
             raise InvalidRequestError(f"limit must be at least 1, got {limit}", code="invalid_limit")
         return await self._read("read events", partial(self._events, tenant, prefix, from_revision, limit))
@@ -705,18 +657,6 @@ def _in_transaction(engine: Engine, action: str, body: Callable[[Connection], T]
 
 def _scalar(conn: Connection, query: Select[Any]) -> int:
     return int(conn.execute(query).scalar_one())
-
-
-def _check_key(key: str) -> None:
-    problem = check_key(key) if isinstance(key, str) else "a key is a string"
-    if problem is not None:
-        raise InvalidRequestError(problem, code="invalid_key")
-
-
-def _check_prefix(prefix: str) -> None:
-    problem = check_prefix(prefix) if isinstance(prefix, str) else "a prefix is a string"
-    if problem is not None:
-        raise InvalidRequestError(problem, code="invalid_key")
 
 
 def _ttl(ttl: float) -> timedelta:
