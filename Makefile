@@ -10,7 +10,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[postgres]'
+	$(BIN)/python -m pip install -q -e '.[postgres,redis,kubernetes]'
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python

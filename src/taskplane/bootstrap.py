@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 import json
 import logging
@@ -114,8 +115,13 @@ def build_pools(settings: Settings) -> list[tuple[Pool, Executor]]:
     for i, pool_settings in enumerate(configured):
         placement = PlacementStrategy(pool_settings.placement)
         executor: Executor
-        if pool_settings.executor == "local":
-            executor = build_executor(settings)
+        if pool_settings.executor in ("local", "podman", "kubernetes"):
+            if pool_settings.executor == "local":
+                executor = build_executor(settings)
+            elif pool_settings.executor == "podman":
+                executor = _build_podman(settings, pool_settings, f"pools[{i}]")
+            else:
+                executor = _build_kubernetes(settings, pool_settings)
             nodes = tuple(
                 Node(cap.node, pool_settings.name, cap.total, cap.max_tasks, {**cap.labels, **pool_settings.labels})
                 for cap in executor.nodes()
@@ -128,6 +134,62 @@ def build_pools(settings: Settings) -> list[tuple[Pool, Executor]]:
                 raise InvalidRequestError(f"pools: node {node.name!r} is in both {other!r} and {pool_settings.name!r}")
         built.append((Pool(pool_settings.name, pool_settings.executor, placement, nodes), executor))
     return built
+
+
+def instance_name(settings: Settings) -> str:
+    """The label value naming this platform's containers and Jobs (``settings.instance`` or from the database)."""
+    if settings.instance is not None:
+        return settings.instance
+    return "tp-" + hashlib.sha256(settings.resolved_database_url().encode()).hexdigest()[:12]
+
+
+def _build_podman(settings: Settings, pool: PoolSettings, where: str) -> Executor:
+    from taskplane.config import PodmanSettings
+    from taskplane.executors.podman import PodmanExecutor, PodmanExecutorConfig
+
+    ps = pool.podman or PodmanSettings()
+    return PodmanExecutor(
+        PodmanExecutorConfig(
+            logs_dir=settings.data_dir / "logs",
+            node_name=f"{settings.node_name or socket.gethostname()}-{pool.name}",
+            instance=instance_name(settings),
+            binary=ps.binary,
+            global_args=tuple(ps.global_args),
+            run_args=tuple(ps.run_args),
+            millicpu=None if ps.cpu is None else q.parse_millicpu(ps.cpu, field=f"{where}.podman.cpu"),
+            memory=None if ps.memory is None else q.parse_bytes(ps.memory, field=f"{where}.podman.memory"),
+            max_tasks=ps.max_tasks,
+            default_user=ps.default_user,
+            pull=ps.pull,
+            log_limit_bytes=q.parse_bytes(settings.log_limit, field="log_limit"),
+        )
+    )
+
+
+def _build_kubernetes(settings: Settings, pool: PoolSettings) -> Executor:
+    from taskplane.config import KubernetesSettings
+    from taskplane.executors.kubernetes import KubernetesExecutor, KubernetesExecutorConfig
+
+    ks = pool.kubernetes or KubernetesSettings()
+    return KubernetesExecutor(
+        KubernetesExecutorConfig(
+            pool=pool.name,
+            node_name=pool.name,
+            logs_dir=settings.data_dir / "logs",
+            instance=instance_name(settings),
+            kubeconfig=ks.kubeconfig,
+            context=ks.context,
+            namespace_prefix=ks.namespace_prefix,
+            node_selector=dict(ks.node_selector),
+            image_pull_policy=ks.image_pull_policy,
+            ttl_seconds_after_finished=ks.ttl_seconds_after_finished,
+            default_user=ks.default_user,
+            unschedulable_timeout=ks.unschedulable_timeout,
+            max_tasks=ks.max_tasks,
+            capacity_refresh=ks.capacity_refresh,
+            log_limit_bytes=q.parse_bytes(settings.log_limit, field="log_limit"),
+        )
+    )
 
 
 def _build_simulated(pool: PoolSettings, where: str) -> tuple[Executor, tuple[Node, ...]]:

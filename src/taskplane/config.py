@@ -81,17 +81,56 @@ class NodeGroupSettings(BaseModel):
         return _check_labels(value)
 
 
+class PodmanSettings(BaseModel):
+    """A podman pool: this machine's container engine (``[pools.podman]``). See docs/executors.md."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    binary: str = "podman"  # or "docker": any engine with podman/docker's CLI
+    global_args: list[str] = Field(default_factory=list)  # before the subcommand, e.g. ["--runtime", "runc"]
+    run_args: list[str] = Field(default_factory=list)  # after "run", e.g. ["--ulimit", "nofile=1024:1024"]
+    cpu: CpuQuantity | None = None  # capacity; default: this machine's
+    memory: MemoryQuantity | None = None
+    max_tasks: int | None = Field(default=None, ge=1, le=100_000)
+    default_user: str | None = "65534:65534"  # when a task names none; null: the image's own user
+    pull: Literal["never", "missing", "always"] = "never"
+
+
+class KubernetesSettings(BaseModel):
+    """A Kubernetes pool: Jobs in a cluster (``[pools.kubernetes]``). See docs/executors.md."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kubeconfig: Path | None = None  # default: in-cluster service account, else $KUBECONFIG or ~/.kube/config
+    context: str | None = None
+    namespace_prefix: str = Field(default="tp-", pattern=r"^[a-z0-9]([a-z0-9-]{0,20})?$")
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    ttl_seconds_after_finished: int = Field(default=600, ge=0, le=7 * 86400)
+    default_user: int = Field(default=65534, ge=1, le=2**31 - 1)
+    unschedulable_timeout: float = Field(default=300.0, gt=0, le=86400)
+    max_tasks: int = Field(default=10_000, ge=1, le=1_000_000)
+    capacity_refresh: float = Field(default=30.0, ge=1, le=3600)
+
+    @field_validator("node_selector")
+    @classmethod
+    def _check_selector(cls, value: dict[str, str]) -> dict[str, str]:
+        return _check_labels(value)
+
+
 class PoolSettings(BaseModel):
     """One pool of nodes served by one executor (``[[pools]]`` in the TOML file, or ``TASKPLANE_POOLS``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=DNS_LABEL)
-    executor: Literal["local", "simulated"]
+    executor: Literal["local", "simulated", "podman", "kubernetes"]
     placement: Literal["binpack", "spread"] = "binpack"
     speed: float | None = Field(default=None, gt=0, le=1e9)  # simulated only: virtual seconds per real second
     labels: dict[str, str] = Field(default_factory=dict)  # on every node of the pool; a group's own labels win
     nodes: list[NodeGroupSettings] = Field(default_factory=list)  # simulated only
+    podman: PodmanSettings | None = None  # podman only (default settings when left out)
+    kubernetes: KubernetesSettings | None = None  # kubernetes only (default settings when left out)
 
     @field_validator("labels")
     @classmethod
@@ -100,9 +139,15 @@ class PoolSettings(BaseModel):
 
     @model_validator(mode="after")
     def _check_executor_fields(self) -> PoolSettings:
-        if self.executor == "local":
+        if self.podman is not None and self.executor != "podman":
+            raise ValueError(f"pool {self.name!r}: 'podman' settings are for podman pools")
+        if self.kubernetes is not None and self.executor != "kubernetes":
+            raise ValueError(f"pool {self.name!r}: 'kubernetes' settings are for kubernetes pools")
+        if self.executor in ("local", "podman", "kubernetes"):
             if self.nodes:
-                raise ValueError(f"pool {self.name!r}: 'nodes' is for simulated pools (the local pool is this machine)")
+                raise ValueError(
+                    f"pool {self.name!r}: 'nodes' is for simulated pools (a {self.executor} pool finds its own)"
+                )
             if self.speed is not None:
                 raise ValueError(f"pool {self.name!r}: 'speed' is for simulated pools")
             return self
@@ -140,6 +185,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8420, ge=0, le=65535)
     node_name: str | None = None  # default: the host name
+    # Labels this platform's containers, Jobs and namespaces; default: derived from the database URL, so the
+    # replicas of one platform agree and two platforms sharing a container engine or a cluster never do.
+    instance: str | None = Field(default=None, pattern=r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
     node_cpu: str | None = None  # override detected capacity, e.g. "4" or "3500m"
     node_memory: str | None = None  # override detected capacity, e.g. "8Gi"
     max_tasks_per_node: int | None = Field(default=None, ge=1)  # default: bounded by the fd limit
@@ -213,9 +261,10 @@ class Settings(BaseSettings):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"the pool name {dup[0]!r} is used twice")
-        local = [pool.name for pool in pools if pool.executor == "local"]
-        if len(local) > 1:
-            raise ValueError(f"at most one local pool (this machine is one node), got {', '.join(local)}")
+        for kind in ("local", "podman"):
+            same = [pool.name for pool in pools if pool.executor == kind]
+            if len(same) > 1:
+                raise ValueError(f"at most one {kind} pool (this machine is one node), got {', '.join(same)}")
         # A node name is unique across pools: attempts and capacity reports name nodes without their pool.
         # ``<prefix>-<index>`` names collide only when prefixes are equal, so comparing prefixes is enough.
         seen: dict[str, str] = {}

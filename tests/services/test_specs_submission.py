@@ -57,8 +57,8 @@ class FakeDirectory:
         return Counts(self.pending.get(name, 0))
 
 
-def pool(name: str, cores: int = 4) -> Pool:
-    return Pool(name, "simulated", nodes=(Node(f"{name}-0", name, Resources(cores * 1000, 8 << 30), 100),))
+def pool(name: str, cores: int = 4, executor: str = "simulated") -> Pool:
+    return Pool(name, executor, nodes=(Node(f"{name}-0", name, Resources(cores * 1000, 8 << 30), 100),))
 
 
 def reservation(rid: str, tenant: str, pool_name: str) -> Reservation:

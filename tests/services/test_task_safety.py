@@ -34,7 +34,7 @@ HOST_ACCESS = [
 @pytest.fixture
 def directory() -> FakeDirectory:
     d = FakeDirectory()
-    d.pools = {"default": pool("default")}
+    d.pools = {"default": pool("default", executor="podman")}
     d.tenants["locked"] = Tenant("locked")
     return d
 
@@ -112,7 +112,7 @@ def test_restricting_options_need_no_policy(directory: FakeDirectory) -> None:
 
 
 def test_no_container_options_mean_no_host_access(directory: FakeDirectory) -> None:
-    assert resolve_access(spec_of(tenant="locked"), None, directory).host == NO_HOST_ACCESS
+    assert spec_of(tenant="locked").host == NO_HOST_ACCESS
     assert resolve_access(spec_of(tenant="locked", image=IMAGE), None, directory).host == NO_HOST_ACCESS
 
 
@@ -406,3 +406,101 @@ def test_a_policy_set_by_patch_governs_submission(directory: FakeDirectory) -> N
     directory.tenants["locked"] = updated(directory.tenants["locked"], {"policy": None}, directory)
     with pytest.raises(ForbiddenError):
         resolve_access(spec, None, directory)
+
+
+# -- what the pool's executor can run ---------------------------------------------------------------------------
+
+
+def test_an_image_on_a_process_pool_is_refused(directory: FakeDirectory) -> None:
+    directory.pools["procs"] = pool("procs", executor="local")
+    with pytest.raises(InvalidRequestError) as info:
+        resolve_access(spec_of(image=IMAGE), "procs", directory)
+    assert info.value.code == "image_not_supported"
+    assert info.value.extra["field"] == "image"
+    assert "procs" in info.value.detail
+    assert resolve_access(spec_of(), "procs", directory).pool == "procs"  # a command alone is fine there
+
+
+def test_a_container_pool_needs_an_image(directory: FakeDirectory) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        resolve_access(spec_of(), None, directory)
+    assert info.value.code == "image_required"
+    assert resolve_access(spec_of(image=IMAGE), None, directory).image == IMAGE
+
+
+@pytest.mark.parametrize(("asked", "value", "allowed_by"), HOST_ACCESS[:4])
+def test_host_access_is_not_available_on_kubernetes_even_with_the_policy(
+    directory: FakeDirectory, asked: str, value: object, allowed_by: str
+) -> None:
+    directory.pools["k8s"] = pool("k8s", executor="kubernetes")
+    directory.tenants["trusted"] = Tenant("trusted", policy=TenantPolicy(**{allowed_by: True}))
+    with pytest.raises(InvalidRequestError) as info:
+        resolve_access(container_spec("trusted", **{asked: value}), "k8s", directory)
+    assert info.value.code == "host_access_not_supported"
+    assert info.value.extra["field"] == f"container.{asked}"
+
+
+def test_network_is_available_on_kubernetes_with_the_policy(directory: FakeDirectory) -> None:
+    directory.pools["k8s"] = pool("k8s", executor="kubernetes")
+    directory.tenants["trusted"] = Tenant("trusted", policy=TenantPolicy(allow_network=True))
+    assert resolve_access(container_spec("trusted", network=True), "k8s", directory).host.network
+
+
+@pytest.mark.parametrize("user", ["0", "root", "0:0", "0:1000", "00"])
+def test_root_in_a_container_needs_allow_privileged(directory: FakeDirectory, user: str) -> None:
+    with pytest.raises(ForbiddenError) as info:
+        resolve_access(container_spec("locked", user=user), None, directory)
+    assert info.value.code == "policy_forbidden"
+    assert info.value.extra["field"] == "container.user"
+    directory.tenants["trusted"] = Tenant("trusted", policy=TenantPolicy(allow_privileged=True))
+    assert resolve_access(container_spec("trusted", user=user), None, directory).host.user == user
+    directory.pools["k8s"] = pool("k8s", executor="kubernetes")
+    with pytest.raises(InvalidRequestError) as k8s:
+        resolve_access(container_spec("trusted", user=user), "k8s", directory)
+    assert k8s.value.code == "host_access_not_supported"
+
+
+@pytest.mark.parametrize("user", ["1000", "1000:0", "nobody", "app", "10"])
+def test_a_non_root_user_needs_no_policy(directory: FakeDirectory, user: str) -> None:
+    assert resolve_access(container_spec("locked", user=user), None, directory).host.user == user
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "busybox",
+        "localhost/tp-test:latest",
+        "registry.example.com:5000/team/app:1.2.3",
+        "ghcr.io/org/some_name/app-x:v1",
+        "app@sha256:" + "a" * 64,
+        "quay.io/org/app:2@sha256:" + "0123456789abcdef" * 4,
+        "127.0.0.1:5000/app",
+    ],
+)
+def test_image_references_are_accepted(image: str) -> None:
+    assert spec_of(image=image).image == image
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "busybox; rm -rf /",
+        "busy box",
+        "$(curl evil)",
+        "`id`",
+        "app:tag && reboot",
+        "Busybox",
+        "-privileged",
+        "app:",
+        "app@sha256:xyz",
+        "a" * 600,
+        "",
+        "app\nlatest",
+        "../../etc/passwd",
+    ],
+)
+def test_bad_image_references_are_refused(image: str) -> None:
+    err = refusal({"image": image})
+    assert err.code in ("invalid_image", "invalid_field")
+    if image:
+        assert err.code == "invalid_image"

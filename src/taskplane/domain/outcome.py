@@ -29,13 +29,14 @@ class AttemptOutcome:
     lost: str | None = None  # the attempt vanished; the text says how
     stop_reason: StopReason | None = None
     retryable: bool = True  # False for deterministic infra errors (executable not found, not executable)
+    deadline_exceeded: bool = False  # the executor's own run-time limit ended it (Kubernetes activeDeadlineSeconds)
 
 
 def classify(outcome: AttemptOutcome) -> FailureClass | None:
     """The failure class of an ended attempt, or ``None`` for success. Order matters: first match wins."""
     if outcome.stop_reason is StopReason.CANCEL:
         return FailureClass.CANCELLED
-    if outcome.stop_reason in (StopReason.TIMEOUT, StopReason.DEADLINE):
+    if outcome.stop_reason in (StopReason.TIMEOUT, StopReason.DEADLINE) or outcome.deadline_exceeded:
         return FailureClass.TIMEOUT
     if outcome.stop_reason is StopReason.PREEMPT:
         return FailureClass.PREEMPTED
@@ -58,6 +59,8 @@ def describe(outcome: AttemptOutcome, failure: FailureClass | None) -> str:
         return "cancelled"
     if outcome.stop_reason is StopReason.TIMEOUT:
         return "run timeout reached"
+    if outcome.deadline_exceeded:
+        return "run timeout reached (ended by the executor)"
     if outcome.stop_reason is StopReason.DEADLINE:
         return "deadline reached"
     if outcome.stop_reason is StopReason.PREEMPT:

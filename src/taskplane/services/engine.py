@@ -65,6 +65,7 @@ from taskplane.services.ports import (
     ExecutorEvent,
     Exited,
     Launch,
+    NodeResized,
     Started,
     TaskEvent,
     TaskStore,
@@ -571,6 +572,8 @@ class Engine:
             try:
                 if isinstance(ev, Started):
                     self._on_started(ev)
+                elif isinstance(ev, NodeResized):
+                    self._on_resized(ev)
                 else:
                     self._on_exited(ev, now)
             except Exception:
@@ -916,6 +919,16 @@ class Engine:
         if pool is not None and pool.nodes:
             return pool.nodes[0].name
         return next(iter(self._queue_nodes), self._executor.capacity().node)
+
+    def _on_resized(self, ev: NodeResized) -> None:
+        node = self._ledger.resize(ev.node, ev.total, ev.max_tasks)
+        if node is None:
+            log.warning("engine: an executor resized unknown node %s", ev.node)
+            return
+        self._pools[node.pool] = self._ledger.pools[node.pool]
+        log.info("node %s resized: %s, at most %d tasks", ev.node, ev.total.describe(), ev.max_tasks)
+        for task_id in [t for t in self._parked if self._tasks[t].spec.pool == node.pool]:
+            self._unpark(task_id)  # never_fits may no longer hold (or now hold): look again
 
     def _on_started(self, ev: Started) -> None:
         key = (ev.task_id, ev.attempt)
@@ -1373,4 +1386,7 @@ class Engine:
             image=task.spec.image,
             node=node,
             simulated_duration=task.spec.simulated_duration,
+            tenant=task.spec.tenant,
+            host=task.spec.host,
+            run_timeout=task.spec.timeouts.run,
         )

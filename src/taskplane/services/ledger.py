@@ -243,6 +243,16 @@ class Ledger:
 
     # ---------------------------------------------------------------------------------------- writes
 
+    def resize(self, name: str, total: Resources, max_tasks: int) -> Node | None:
+        """Give a node a new size (what runs there stays charged, even above the new size); the new node."""
+        state = self._nodes.get(name)
+        if state is None:
+            return None
+        state.node = replace(state.node, total=total, max_tasks=max_tasks)
+        pool = self.pools[state.node.pool]
+        self.pools[pool.name] = replace(pool, nodes=tuple(state.node if n.name == name else n for n in pool.nodes))
+        return state.node
+
     def _tenant_add(self, tenant: str, pool: str, res: Resources, tasks: int, *, allocated: bool = True) -> None:
         # ``_usage`` is what counts against the quota (queued launches too); ``_by_pool`` what is allocated.
         self._usage[tenant] = self._usage.get(tenant, ZERO) + res

@@ -18,7 +18,7 @@ from taskplane.domain.outcome import AttemptOutcome
 from taskplane.domain.reservation import Reservation
 from taskplane.domain.resources import Resources
 from taskplane.domain.state import Event, KeyValue, KVPage, Lease, Txn, TxnResult
-from taskplane.domain.task import Attempt, Task, TaskState
+from taskplane.domain.task import NO_HOST_ACCESS, Attempt, HostAccess, Task, TaskState
 from taskplane.domain.tenant import Tenant
 
 # ---------------------------------------------------------------------------------------------- time
@@ -425,6 +425,9 @@ class Launch:
     image: str | None = None
     node: str | None = None  # the node the scheduler chose (executors with one node may ignore it)
     simulated_duration: float | None = None
+    tenant: str = "default"  # container executors label (and on Kubernetes namespace) by tenant
+    host: HostAccess = NO_HOST_ACCESS  # what a container asks of its host, already checked against the policy
+    run_timeout: float | None = None  # the task's run timeout: executors that can enforce one too may (k8s)
 
     @property
     def key(self) -> str:
@@ -457,7 +460,16 @@ class Exited:
     log_truncated: bool = False
 
 
-ExecutorEvent = Started | Exited
+@dataclass(frozen=True, slots=True)
+class NodeResized:
+    """A node's size changed (a Kubernetes pool's ready, matching nodes came or went). Its name stays."""
+
+    node: str
+    total: Resources
+    max_tasks: int
+
+
+ExecutorEvent = Started | Exited | NodeResized
 
 
 @dataclass(frozen=True, slots=True)

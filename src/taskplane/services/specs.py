@@ -338,12 +338,107 @@ def _retry(sub: TaskSubmit) -> RetryPolicy:
     )
 
 
+# An OCI image reference (the distribution spec's grammar): [host[:port]/]path[:tag][@algorithm:hex]. Anything
+# else, spaces and shell metacharacters included, is refused before it reaches a container runtime.
+_IMAGE_REFERENCE = re.compile(
+    r"^(?:(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])(?:\.(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]))*"
+    r"(?::[0-9]+)?/)?"
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
+)
+MAX_IMAGE_REFERENCE = 512
+CONTAINER_EXECUTORS = frozenset({"podman", "kubernetes"})
+"""Executors that run ``image`` tasks (and only those)."""
+
+
+def check_image(image: str) -> None:
+    """422 ``invalid_image`` unless ``image`` is an OCI image reference (``registry:5000/team/app:1.2@sha256:...``)."""
+    if len(image) > MAX_IMAGE_REFERENCE or not _IMAGE_REFERENCE.match(image):
+        raise InvalidRequestError(
+            f"image {image[:100]!r} is not an image reference (expected [registry[:port]/]name[:tag][@digest], "
+            "lower-case name, no spaces or shell characters)",
+            code="invalid_image",
+            field="image",
+        )
+
+
+def _is_root(user: str) -> bool:
+    name = user.split(":", 1)[0].strip()
+    return name in ("root", "") or (name.isdigit() and int(name) == 0)
+
+
+def check_runtime(spec: TaskSpec, pool: Pool, tenant: Tenant) -> None:
+    """The pool's executor can run what the spec asks: an image on container executors only, and back.
+
+    422 ``image_not_supported`` (an image on a process executor), ``image_required`` (a command without an image
+    on a container executor), ``host_access_not_supported`` (host access on Kubernetes, whose tenant namespaces
+    enforce the restricted Pod Security Standard); 403 ``policy_forbidden`` for user root in a container
+    unless the tenant may run privileged containers (root in a rootful container is root on the host).
+    """
+    containers = pool.executor in CONTAINER_EXECUTORS
+    if spec.image is not None and not containers:
+        raise InvalidRequestError(
+            f"pool {pool.name!r} runs processes ({pool.executor} executor), not container images; omit 'image' "
+            "or submit to a pool served by a container executor",
+            code="image_not_supported",
+            field="image",
+            pool=pool.name,
+        )
+    if spec.image is None and containers:
+        raise InvalidRequestError(
+            f"pool {pool.name!r} runs containers ({pool.executor} executor): 'image' is required",
+            code="image_required",
+            field="image",
+            pool=pool.name,
+        )
+    if not containers:
+        return
+    host = spec.host
+    if pool.executor == "kubernetes":
+        asked = [
+            name
+            for name, on in (
+                ("privileged", host.privileged),
+                ("host_network", host.host_network),
+                ("host_pid", host.host_pid),
+                ("mounts", bool(host.mounts)),
+            )
+            if on
+        ]
+        if asked:
+            raise InvalidRequestError(
+                f"pool {pool.name!r} runs Kubernetes pods under the restricted Pod Security Standard: "
+                f"container.{asked[0]} is not available there",
+                code="host_access_not_supported",
+                field=f"container.{asked[0]}",
+                pool=pool.name,
+            )
+    if host.user is not None and _is_root(host.user):
+        if pool.executor == "kubernetes":
+            raise InvalidRequestError(
+                f"pool {pool.name!r} runs pods as non-root (restricted Pod Security Standard): "
+                f"container.user {host.user!r} is root",
+                code="host_access_not_supported",
+                field="container.user",
+                pool=pool.name,
+            )
+        if not tenant.policy.allow_privileged:
+            raise ForbiddenError(
+                f"tenant {tenant.name}'s policy does not allow container.user {host.user!r} (root in a container "
+                "is root on the host; it needs allow_privileged)",
+                code="policy_forbidden",
+                field="container.user",
+                tenant=tenant.name,
+            )
+
+
 def build_spec(sub: TaskSubmit, limits: SpecLimits, now: datetime) -> TaskSpec:
     """Validate a submission and build its spec, or raise a 4xx error naming the field."""
     if sub.name is not None:
         _no_nul(sub.name, "name")
     if sub.image is not None:
-        _no_nul(sub.image, "image")
+        check_image(sub.image)
     simulated = sub.simulated_duration
     return TaskSpec(
         command=_command(sub, limits),
@@ -474,6 +569,7 @@ def resolve_access(spec: TaskSpec, pool: str | None, directory: Directory) -> Ta
         pool = held.pool
     name = pool if pool is not None else default_pool(tenant, directory)
     found = find_pool(directory, tenant, name)
+    check_runtime(spec, found, tenant)
     check_priority(tenant, spec.priority)
     check_fits(spec, found, directory.reservation(spec.reservation) if spec.reservation else None)
     return spec if spec.pool == name else replace(spec, pool=name)

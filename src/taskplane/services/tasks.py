@@ -48,7 +48,6 @@ class TaskServiceConfig:
 
     spec_limits: SpecLimits
     max_batch: int = 1000
-    supports_images: bool = False
 
 
 class TaskService:
@@ -83,12 +82,6 @@ class TaskService:
             key = header_key
         try:
             spec = replace(build_spec(sub, self._config.spec_limits, now), owner=caller.subject)
-            if spec.image is not None and not self._config.supports_images:
-                raise InvalidRequestError(
-                    "this platform's executor runs processes, not container images; omit 'image'",
-                    code="image_not_supported",
-                    field="image",
-                )
             # A request larger than every node is accepted: the scheduler parks it with reason never_fits.
             spec = resolve_access(spec, sub.pool, self._engine)
         except (InvalidRequestError, NotFoundError, ForbiddenError) as exc:
@@ -270,9 +263,10 @@ class TaskService:
             raise NotFoundError(f"task {task_id} has no attempt {attempt} (it has {task.attempts})")
         if offset < 0:
             raise InvalidRequestError("offset must not be negative", code="invalid_field")
-        if not isinstance(self._executor, SupportsLogs):
-            raise NotFoundError(f"the {self._executor.name} executor keeps no logs")
-        return self._stream_logs(self._executor, task, stream, attempt, follow, offset)
+        executor = self._engine.executor_of(task.spec.pool) or self._executor
+        if not isinstance(executor, SupportsLogs):
+            raise NotFoundError(f"the {executor.name} executor keeps no logs")
+        return self._stream_logs(executor, task, stream, attempt, follow, offset)
 
     async def _stream_logs(
         self, logs: SupportsLogs, task: Task, stream: LogStream, attempt: int | None, follow: bool, offset: int
