@@ -50,6 +50,8 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from sqlalchemy import Connection, Engine, Select, bindparam, delete, exists, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.sql import ColumnElement
 
 from taskplane.domain.audit import AuditEntry
@@ -116,6 +118,18 @@ def _live_select() -> Select[Any]:
 class KVStatements:
     """Statements built once; SQLAlchemy's compiled cache then skips compiling them again."""
 
+    def upsert_kv(self, dialect: str) -> Any:
+        """``INSERT INTO kv ... ON CONFLICT (tenant, key) DO UPDATE``: one statement where a delete + insert was two."""
+        stmt = self._upserts.get(dialect)
+        if stmt is None:
+            dml: Any = sqlite_insert(kv) if dialect == "sqlite" else pg_insert(kv)
+            stmt = dml.on_conflict_do_update(
+                index_elements=[kv.c.tenant, kv.c.key],
+                set_={c: dml.excluded[c] for c in ("value", "create_revision", "mod_revision", "version", "lease_id")},
+            )
+            self._upserts[dialect] = stmt
+        return stmt
+
     def __init__(self) -> None:
         self.lock_revision = select(meta.c.value).where(meta.c.key == META_KV_REVISION).with_for_update()
         self.read_counters = select(meta.c.key, meta.c.value).where(
@@ -131,6 +145,7 @@ class KVStatements:
         )
         self.delete_key = delete(kv).where(kv.c.tenant == bindparam("tenant"), kv.c.key == bindparam("key"))
         self.insert_kv = insert(kv)
+        self._upserts: dict[str, Any] = {}
         self.insert_history = insert(kv_history)
         self.get_lease = select(kv_leases.c.id, kv_leases.c.tenant, kv_leases.c.ttl, kv_leases.c.expires_at).where(
             kv_leases.c.id == bindparam("id")
@@ -365,12 +380,13 @@ class SqlKVStore:
     ) -> None:
         """Write ``changes`` (the new entry, or ``None``: deleted) at ``revision`` and move the counter."""
         sql = self._sql
-        keys = list(changes)
-        # Delete then insert: also clears a row hidden by an expired lease that the sweep has not reached.
-        if len(keys) == 1:
-            conn.execute(sql.delete_key, {"tenant": tenant, "key": keys[0]})
-        else:
-            conn.execute(sql.delete_keys, {"tenant": tenant, "keys": keys})
+        # Deleted keys go; put keys are upserted (which also overwrites a row hidden by an expired lease that the
+        # sweep has not reached).
+        gone = [key for key, entry in changes.items() if entry is None]
+        if len(gone) == 1:
+            conn.execute(sql.delete_key, {"tenant": tenant, "key": gone[0]})
+        elif gone:
+            conn.execute(sql.delete_keys, {"tenant": tenant, "keys": gone})
         rows: list[dict[str, Any]] = []
         history: list[dict[str, Any]] = []
         for key, entry in changes.items():
@@ -403,7 +419,7 @@ class SqlKVStore:
                 }
             )
         if rows:
-            conn.execute(sql.insert_kv, rows)
+            conn.execute(sql.upsert_kv(conn.dialect.name), rows)
         conn.execute(sql.insert_history, history)
         conn.execute(sql.set_revision, {"rev": revision})
 
