@@ -91,7 +91,8 @@ class Role:
 
     def grants(self, verb: str, resource: str) -> bool:
         """True when a rule of this role allows ``verb`` on ``resource``."""
-        return any(v in (verb, ANY) and r in (resource, ANY) for v, r in self.rules)
+        rules = self.rules  # four set lookups, not a scan: this runs several times per request
+        return (verb, resource) in rules or (ANY, resource) in rules or (verb, ANY) in rules or (ANY, ANY) in rules
 
 
 BUILTIN_ROLES: Mapping[str, Role] = {
