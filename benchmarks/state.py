@@ -1,7 +1,7 @@
 """The state API against etcd and Redis: put, get and a 2-key CAS transaction, 1 and 16 client processes.
 
 Usage: ``python benchmarks/state.py [--seconds 5] [--clients 1,16] [--database-url postgresql://...]
-[--no-etcd] [--no-redis]``.
+[--no-etcd] [--no-redis] [--taskplane-redis]``.
 
 Systems, each started by this script on loopback ports of its own with a temporary data dir (removed
 afterwards), measured one after the other in the same run:
@@ -9,6 +9,8 @@ afterwards), measured one after the other in the same run:
 * ``taskplane``: a server with the SQL backend (SQLite, the embedded default; PostgreSQL with
   ``--database-url``), over its HTTP API with the platform-admin key; every write is committed durably
   (SQLite ``synchronous=FULL``) before the answer;
+* ``taskplane redis`` (with ``--taskplane-redis``): the same server with ``state_backend = redis`` on a
+  ``redis-server`` of its own with ``appendfsync always``;
 * ``etcd``: a single-node ``etcd`` (Debian ``etcd-server``; skipped with a message when the binary is
   missing) through its JSON gateway (``/v3/kv/put``, ``/v3/kv/range``, ``/v3/kv/txn``, base64 keys); it fsyncs
   its WAL before answering;
@@ -320,6 +322,15 @@ def taskplane(database_url: str | None) -> Iterator[dict[str, Any]]:
 
 
 @contextlib.contextmanager
+def taskplane_on_redis(database_url: str | None, binary: str) -> Iterator[dict[str, Any]]:
+    """A taskplane server whose state backend is a redis-server of its own (``appendfsync always``)."""
+    with redis(binary, fsync=True) as rd, fresh_database(database_url) as url:
+        settings = {"state_backend": "redis", "state_redis_url": f"redis://127.0.0.1:{rd['port']}/0"}
+        with server(url, **settings) as srv:
+            yield {"kind": "taskplane", "url": srv.url, "headers": srv.headers}
+
+
+@contextlib.contextmanager
 def etcd(binary: str) -> Iterator[dict[str, Any]]:
     scratch = Path(__file__).resolve().parent / ".data"
     scratch.mkdir(exist_ok=True)
@@ -389,6 +400,9 @@ def main() -> None:
     parser.add_argument("--database-url", default=None, help="PostgreSQL for taskplane (default: SQLite)")
     parser.add_argument("--no-etcd", action="store_true")
     parser.add_argument("--no-redis", action="store_true")
+    parser.add_argument(
+        "--taskplane-redis", action="store_true", help="also taskplane with state_backend = redis (fsync always)"
+    )
     args = parser.parse_args()
     counts = [int(c) for c in args.clients.split(",")]
 
@@ -406,6 +420,8 @@ def main() -> None:
     elif redis_bin is None:
         print("redis: redis-server not found; skipped")
     else:
+        if args.taskplane_redis:
+            systems.append(("taskplane redis", lambda: taskplane_on_redis(args.database_url, redis_bin)))
         systems.append(("redis fsync", lambda: redis(redis_bin, fsync=True)))
         systems.append(("redis no-fsync", lambda: redis(redis_bin, fsync=False)))
 
@@ -432,7 +448,7 @@ def main() -> None:
     for (name, op, n), cell in results.items():
         print(f"| {name} | {op} | {n} | {cell['ops']:,.0f} | {cell['p50'] * 1e3:.2f} | {cell['p99'] * 1e3:.2f} |")
     print()
-    others = [name for name, _ in systems if name != "taskplane"]
+    others = [name for name, _ in systems if not name.startswith("taskplane")]
     if others:
         print("| op | clients | " + " | ".join(f"taskplane / {o}" for o in others) + " |")
         print("|---|---|" + "---|" * len(others))
