@@ -19,6 +19,7 @@ from taskplane.domain import quantities as q
 from taskplane.domain.audit import AuditEntry
 from taskplane.domain.pool import DEFAULT_POOL, Node, PlacementStrategy, Pool
 from taskplane.domain.resources import Resources, extended_of
+from taskplane.domain.tenant import Quota
 from taskplane.errors import InvalidRequestError
 from taskplane.scheduler import Policy
 from taskplane.services.auth import AuthConfig, AuthService, OidcConfig, new_pepper
@@ -100,7 +101,9 @@ def build_executor(settings: Settings) -> Executor:
     )
 
 
-def build_pools(settings: Settings) -> list[tuple[Pool, Executor]]:
+def build_pools(
+    settings: Settings, quota_for: Callable[[str], Quota | None] | None = None
+) -> list[tuple[Pool, Executor]]:
     """Every configured pool with the executor that serves it, in configuration order (executors not opened).
 
     No ``pools`` configured: one pool ``default`` served by the local executor. A local pool's one node is this
@@ -121,7 +124,7 @@ def build_pools(settings: Settings) -> list[tuple[Pool, Executor]]:
             elif pool_settings.executor == "podman":
                 executor = _build_podman(settings, pool_settings, f"pools[{i}]")
             else:
-                executor = _build_kubernetes(settings, pool_settings)
+                executor = _build_kubernetes(settings, pool_settings, quota_for)
             nodes = tuple(
                 Node(cap.node, pool_settings.name, cap.total, cap.max_tasks, {**cap.labels, **pool_settings.labels})
                 for cap in executor.nodes()
@@ -166,7 +169,9 @@ def _build_podman(settings: Settings, pool: PoolSettings, where: str) -> Executo
     )
 
 
-def _build_kubernetes(settings: Settings, pool: PoolSettings) -> Executor:
+def _build_kubernetes(
+    settings: Settings, pool: PoolSettings, quota_for: Callable[[str], Quota | None] | None = None
+) -> Executor:
     from taskplane.config import KubernetesSettings
     from taskplane.executors.kubernetes import KubernetesExecutor, KubernetesExecutorConfig
 
@@ -188,7 +193,9 @@ def _build_kubernetes(settings: Settings, pool: PoolSettings) -> Executor:
             max_tasks=ks.max_tasks,
             capacity_refresh=ks.capacity_refresh,
             log_limit_bytes=q.parse_bytes(settings.log_limit, field="log_limit"),
-        )
+            split_log_streams=ks.split_log_streams,
+        ),
+        quota_for=quota_for,
     )
 
 
@@ -218,7 +225,14 @@ def build_platform(settings: Settings) -> Platform:
 
     upgrade_database(settings)
     store = create_task_store(settings.resolved_database_url())
-    pools = build_pools(settings)
+    engines: list[Engine] = []  # the engine is built after its executors; they look tenants up through it
+
+    def quota_for(tenant: str) -> Quota | None:
+        """A tenant's hard quota for its Kubernetes namespace; none for borrowers (they may exceed it)."""
+        found = engines[0].tenant(tenant) if engines else None
+        return None if found is None or found.borrowing else found.quota
+
+    pools = build_pools(settings, quota_for)
     executor = pools[0][1]
     clock = SystemClock()
     base_env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
@@ -240,6 +254,7 @@ def build_platform(settings: Settings) -> Platform:
             ),
         ),
     )
+    engines.append(engine)
     defaults = Resources(
         millicpu=q.parse_millicpu(settings.default_cpu, field="default_cpu"),
         memory=q.parse_bytes(settings.default_memory, field="default_memory"),

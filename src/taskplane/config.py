@@ -111,6 +111,7 @@ class KubernetesSettings(BaseModel):
     unschedulable_timeout: float = Field(default=300.0, gt=0, le=86400)
     max_tasks: int = Field(default=10_000, ge=1, le=1_000_000)
     capacity_refresh: float = Field(default=30.0, ge=1, le=3600)
+    split_log_streams: bool = False  # stdout and stderr apart (Kubernetes 1.32+, gate PodLogsQuerySplitStreams)
 
     @field_validator("node_selector")
     @classmethod

@@ -16,7 +16,7 @@ from taskplane.domain.resources import Resources
 from taskplane.executors.local.config import LocalExecutorConfig
 from taskplane.executors.local.executor import LocalExecutor, shutdown_supervisor
 from taskplane.executors.local.layout import journal_path, pid_path
-from taskplane.services.ports import ExecutorEvent, Exited, Launch, Started
+from taskplane.services.ports import ExecutorEvent, Exited, Launch, NodeResized, Started
 
 DEFAULT_ENV = {"PATH": os.environ.get("PATH", os.defpath)}
 
@@ -55,6 +55,8 @@ class Recorder:
 
     def __call__(self, events: list[ExecutorEvent]) -> None:
         for ev in events:
+            if isinstance(ev, NodeResized):  # a node's size, not an attempt's event
+                continue
             self.events.append(ev)
             key = (ev.task_id, ev.attempt)
             if isinstance(ev, Started):

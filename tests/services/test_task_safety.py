@@ -460,6 +460,15 @@ def test_root_in_a_container_needs_allow_privileged(directory: FakeDirectory, us
     assert k8s.value.code == "host_access_not_supported"
 
 
+@pytest.mark.parametrize("user", ["nobody", "app"])
+def test_kubernetes_needs_a_numeric_user(directory: FakeDirectory, user: str) -> None:
+    directory.pools["k8s"] = pool("k8s", executor="kubernetes")
+    with pytest.raises(InvalidRequestError) as info:
+        resolve_access(container_spec("locked", user=user), "k8s", directory)
+    assert info.value.code == "host_access_not_supported"
+    assert resolve_access(container_spec("locked", user="1000:1000"), "k8s", directory).host.user == "1000:1000"
+
+
 @pytest.mark.parametrize("user", ["1000", "1000:0", "nobody", "app", "10"])
 def test_a_non_root_user_needs_no_policy(directory: FakeDirectory, user: str) -> None:
     assert resolve_access(container_spec("locked", user=user), None, directory).host.user == user

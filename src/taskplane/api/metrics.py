@@ -77,6 +77,10 @@ def build_registry(platform: Platform) -> CollectorRegistry:
     """A registry of this app's own."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(PlatformCollector(platform))
+    if any(pool.executor == "kubernetes" for pool in platform.engine.pools()):
+        from taskplane.executors.kubernetes.metrics import POD_STARTUP  # imports lightkube: only when used
+
+        registry.register(POD_STARTUP)
     return registry
 
 

@@ -414,6 +414,14 @@ def check_runtime(spec: TaskSpec, pool: Pool, tenant: Tenant) -> None:
                 field=f"container.{asked[0]}",
                 pool=pool.name,
             )
+    if pool.executor == "kubernetes" and host.user is not None and not host.user.replace(":", "", 1).isdigit():
+        raise InvalidRequestError(
+            f"pool {pool.name!r} runs Kubernetes pods, whose runAsUser is numeric: container.user {host.user!r} "
+            "must be a uid or uid:gid",
+            code="host_access_not_supported",
+            field="container.user",
+            pool=pool.name,
+        )
     if host.user is not None and _is_root(host.user):
         if pool.executor == "kubernetes":
             raise InvalidRequestError(

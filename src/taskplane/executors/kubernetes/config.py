@@ -30,4 +30,7 @@ class KubernetesExecutorConfig:
     unschedulable_timeout: float = 300.0  # a pod unschedulable this long fails the attempt (infra)
     max_tasks: int = 10_000
     capacity_refresh: float = 30.0  # seconds between node re-lists (capacity)
-    log_limit_bytes: int = 1 << 30
+    log_limit_bytes: int = 1 << 30  # per stream file
+    # Copy stdout and stderr apart (pods/log ``stream=Stdout|Stderr``: Kubernetes 1.32+ with the
+    # PodLogsQuerySplitStreams feature gate). Off: the merged log goes to the stdout file, stderr stays empty.
+    split_log_streams: bool = False
