@@ -26,8 +26,12 @@ def main() -> None:
         ["supervisor_cost.py"],
         ["scheduler.py"],
         ["auth_overhead.py"],
+        ["state.py"],
+        ["podman_start.py"],
+        ["kubernetes_jobs.py"],
     ]
-    no_database = {"supervisor_cost.py", "scheduler.py", "auth_overhead.py"}  # their own fixed set-ups
+    # Their own fixed set-ups (state.py's --database-url is for taskplane's state store: passed like the others).
+    no_database = {"supervisor_cost.py", "scheduler.py", "auth_overhead.py", "podman_start.py", "kubernetes_jobs.py"}
     for run in runs:
         command = [sys.executable, str(HERE / run[0]), *run[1:]]
         if run[0] not in no_database:

@@ -165,6 +165,8 @@ def _build_podman(settings: Settings, pool: PoolSettings, where: str) -> Executo
             default_user=ps.default_user,
             pull=ps.pull,
             log_limit_bytes=q.parse_bytes(settings.log_limit, field="log_limit"),
+            pids_limit=ps.pids_limit,
+            labels=dict(ps.labels),
         )
     )
 

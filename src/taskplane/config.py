@@ -82,7 +82,7 @@ class NodeGroupSettings(BaseModel):
 
 
 class PodmanSettings(BaseModel):
-    """A podman pool: this machine's container engine (``[pools.podman]``). See docs/executors.md."""
+    """A podman pool: this machine's container engine (``[pools.podman]``). See docs/executor-podman.md."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -94,10 +94,17 @@ class PodmanSettings(BaseModel):
     max_tasks: int | None = Field(default=None, ge=1, le=100_000)
     default_user: str | None = "65534:65534"  # when a task names none; null: the image's own user
     pull: Literal["never", "missing", "always"] = "never"
+    pids_limit: int = Field(default=4096, ge=1, le=1_000_000)  # --pids-limit of every container
+    labels: dict[str, str] = Field(default_factory=dict)  # added to every container's labels
+
+    @field_validator("labels")
+    @classmethod
+    def _check_podman_labels(cls, value: dict[str, str]) -> dict[str, str]:
+        return _check_labels(value)
 
 
 class KubernetesSettings(BaseModel):
-    """A Kubernetes pool: Jobs in a cluster (``[pools.kubernetes]``). See docs/executors.md."""
+    """A Kubernetes pool: Jobs in a cluster (``[pools.kubernetes]``). See docs/executor-kubernetes.md."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -30,3 +30,15 @@ class PodmanExecutorConfig:
     pull: str = "never"  # never | missing | always (offline machines: never)
     log_limit_bytes: int = 1 << 30
     labels: Mapping[str, str] = field(default_factory=dict)
+    state_dir: Path | None = None  # container log files, OOM marks; default: <logs_dir>/../podman/<instance>
+    pids_limit: int = 4096  # --pids-limit of every container (a fork bomb stops there)
+    log_poll_interval: float = 0.2  # seconds between reads of running containers' log files
+    reconcile_interval: float = 5.0  # seconds between full listings (catches exits the event stream missed)
+    max_concurrent_calls: int = 8  # podman processes this executor runs at once (each costs ~50-100 ms of CPU)
+    call_timeout: float = 120.0  # a podman call taking longer is treated as a failure
+
+    def resolved_state_dir(self) -> Path:
+        """Where this executor keeps its own files: ``state_dir``, or ``<logs_dir>/../podman/<instance>``."""
+        if self.state_dir is not None:
+            return self.state_dir
+        return self.logs_dir.parent / "podman" / self.instance
