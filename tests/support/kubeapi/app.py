@@ -160,7 +160,7 @@ def build_app(store: Store, cluster: Cluster) -> RequestLog:
             return Response(bytes(data), headers={"Content-Type": "text/plain"})
 
         async def follow() -> AsyncIterator[bytes]:
-            sent = 0
+            sent, cuts = 0, log.cuts
             while True:
                 log.changed.clear()
                 if len(data) > sent:
@@ -168,7 +168,7 @@ def build_app(store: Store, cluster: Cluster) -> RequestLog:
                     sent += len(chunk)
                     yield chunk
                     continue
-                if log.done:
+                if log.done or log.cuts != cuts:
                     return
                 await log.changed.wait()
 

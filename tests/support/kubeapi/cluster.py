@@ -104,7 +104,7 @@ class Cluster:
         elif kind == "pods" and type_ == "ADDED":
             self._soon(self._schedule, ns, name)
         elif kind == "pods" and (type_ == "DELETED" or terminal(obj)):
-            self._soon(self._pod_ended, ns, name)
+            self._soon(self._pod_ended, ns, name, obj if type_ == "DELETED" else None)
             self._soon(self._retry_pending)
         elif kind == "nodes":
             (self._nodes.discard if type_ == "DELETED" else self._nodes.add)(name)
@@ -209,10 +209,12 @@ class Cluster:
         if job is not None and job["metadata"]["uid"] == uid:
             self.delete_job(ns, name, "Background", None)
 
-    def _pod_ended(self, ns: str, pod_name: str) -> None:
-        pod = self.store.peek("pods", ns, pod_name)
+    def _pod_ended(self, ns: str, pod_name: str, removed: Obj | None = None) -> None:
+        """A pod ended or was removed: its Job finishes (a removed pod that had not succeeded counts as failed,
+        as the Job controller's tracking finalizers make it, also while the Job itself is being deleted)."""
+        pod = self.store.peek("pods", ns, pod_name) or removed
         job_name = None if pod is None else pod["metadata"]["labels"].get("job-name")
-        if pod is None or job_name is None or not terminal(pod):
+        if pod is None or job_name is None or (removed is None and not terminal(pod)):
             return
         job = self.store.peek("jobs", ns, job_name)
         if job is None or self.finished(job):
@@ -390,7 +392,14 @@ class Cluster:
         except OSError as exc:
             log.finish()
             when = now_iso()
-            term = {"exitCode": 128, "reason": "StartError", "message": str(exc), "startedAt": when, "finishedAt": when}
+            # containerd's answer: the container never ran, its startedAt is the zero time
+            term = {
+                "exitCode": 128,
+                "reason": "StartError",
+                "message": f"failed to create containerd task: {exc}",
+                "startedAt": "1970-01-01T00:00:00Z",
+                "finishedAt": when,
+            }
             self._set_state(pod, "Failed", {"terminated": term})
             return
         self._procs[(ns, name)] = proc

@@ -17,6 +17,7 @@ class PodLog:
     streams: dict[str, bytearray] = field(default_factory=lambda: {"Stdout": bytearray(), "Stderr": bytearray()})
     done: bool = False
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    cuts: int = 0  # ``cut`` calls: live follows end (cleanly) when it changes
 
     def append(self, chunk: bytes, stream: str = "Stdout") -> None:
         """Add output of one stream and wake followers."""
@@ -27,6 +28,11 @@ class PodLog:
     def view(self, stream: str | None) -> bytearray:
         """The merged log (``All`` or ``None``) or one stream's."""
         return self.data if stream in (None, "All") else self.streams[stream]
+
+    def cut(self) -> None:
+        """End the live ``follow`` streams cleanly while the container runs (a kubelet restart, a proxy)."""
+        self.cuts += 1
+        self.changed.set()
 
     def finish(self) -> None:
         """The container ended: followers drain and stop."""

@@ -52,6 +52,7 @@ log = logging.getLogger("taskplane.executor.kubernetes")
 
 CGROUPS = "kubernetes"  # ``NodeCapacity.cgroups``: limits are the kubelet's business
 CREATE_CONCURRENCY = 32
+CREATE_TRIES = 3  # a create without an answer (or a 5xx/429) is sent again: 201, or 409 when the first one landed
 LOG_WAIT = 5.0  # seconds an exit waits for its log copy to catch up
 LOG_FOLLOWERS = 64  # live log streams at once: each holds one of the client's 100 pooled connections
 WATCH_SECONDS = 290  # the server ends each watch request after this; lightkube resumes it from the last revision
@@ -93,6 +94,8 @@ class KubernetesExecutor:
         self._attempts: dict[AttemptKey, Attempt] = {}
         self._by_job: dict[tuple[str, str], AttemptKey] = {}
         self._exits: dict[AttemptKey, Exited] = {}
+        self._creating: set[AttemptKey] = set()  # in ``_create``, before their Job is known to exist
+        self._early_stops: set[AttemptKey] = set()  # stopped while being created (before their Attempt existed)
         self._total = Resources()
         self._on_events: Callable[[list[ExecutorEvent]], None] | None = None
         self._outbox: list[ExecutorEvent] = []
@@ -146,6 +149,9 @@ class KubernetesExecutor:
     async def stop(self, task_id: str, attempt: int, grace: float) -> None:
         """Delete the pod with ``grace`` and the Job with ``propagationPolicy=Foreground``."""
         att = self._attempts.get((task_id, attempt))
+        if att is None and (task_id, attempt) in self._creating:
+            self._early_stops.add((task_id, attempt))  # its create sees it: no Job, or the Job deleted at once
+            return
         if att is None or att.ending or att.deleted:
             return
         att.stopping = True
@@ -159,6 +165,9 @@ class KubernetesExecutor:
     async def unqueue(self, task_id: str, attempt: int) -> None:
         """Delete the Job of an attempt whose container has not started (reported ``never_started``)."""
         att = self._attempts.get((task_id, attempt))
+        if att is None and (task_id, attempt) in self._creating:
+            self._early_stops.add((task_id, attempt))
+            return
         if att is None or att.started_at is not None or att.ending or att.deleted:
             return
         att.stopping = True
@@ -210,6 +219,14 @@ class KubernetesExecutor:
 
     async def _create(self, launch: Launch) -> None:
         key = (launch.task_id, launch.attempt)
+        self._creating.add(key)
+        try:
+            await self._create_job(launch, key)
+        finally:
+            self._creating.discard(key)
+            self._early_stops.discard(key)
+
+    async def _create_job(self, launch: Launch, key: AttemptKey) -> None:
         try:
             ns = await self._tenancy.namespace(launch.tenant)
             job = manifests.job(self.config, launch, ns)
@@ -220,20 +237,40 @@ class KubernetesExecutor:
             self._refuse(launch, f"cannot prepare namespace: {exc}", retryable=True)
             return
         assert job.metadata is not None and job.metadata.name is not None
+        if key in self._early_stops:  # stopped before its Job was created: it never will be
+            exited = Exited(launch.task_id, launch.attempt, _utc(), AttemptOutcome(), never_started=True)
+            self._exits[key] = exited
+            self._emit(exited)
+            return
         att = Attempt(launch.task_id, launch.attempt, ns, job.metadata.name, created=time.monotonic())
         self._attempts[key] = att
         self._by_job[(ns, att.job_name)] = key
-        try:
-            await self._need_client().create(job)
-        except API_ERRORS as exc:
-            code = status_code(exc)
-            if code == 409:
-                return  # created by an earlier call or process: the watch reports it
-            self._attempts.pop(key, None)
-            self._by_job.pop((ns, att.job_name), None)
-            if code == 404:
-                self._tenancy.forget(launch.tenant)  # deleted underneath: set up again next time
-            self._refuse(launch, f"Job create failed: {exc}", retryable=code not in (400, 422))
+        for tries in range(1, CREATE_TRIES + 1):
+            try:
+                created = await self._need_client().create(job)
+            except API_ERRORS as exc:
+                code = status_code(exc)
+                if code == 409:  # created by an earlier call or process (or a try whose answer was lost): adopted
+                    if att.stopping and not att.deleted:
+                        await self._delete_job(att, CascadeType.FOREGROUND, 0)
+                    return
+                ambiguous = code is None or code >= 500  # the Job may exist although no answer said so
+                if (ambiguous or code == 429) and tries < CREATE_TRIES and not att.stopping:
+                    await asyncio.sleep(0.2 * tries)  # the same name again: 201, or 409 if it was created
+                    continue
+                self._attempts.pop(key, None)
+                self._by_job.pop((ns, att.job_name), None)
+                if ambiguous:  # never leave a Job running for an attempt reported as not started
+                    await self._delete_job(att, CascadeType.BACKGROUND, 0)
+                if code == 404:
+                    self._tenancy.forget(launch.tenant)  # deleted underneath: set up again next time
+                self._refuse(launch, f"Job create failed: {exc}", retryable=code not in (400, 422))
+                return
+            if att.job is None:  # known from the answer: a re-list that misses it means it was deleted
+                att.job = created
+            if att.stopping and not att.deleted:  # stopped while the create was under way: its delete found nothing
+                await self._delete_job(att, CascadeType.FOREGROUND, 0)
+            return
 
     def _refuse(self, launch: Launch, reason: str, *, retryable: bool) -> None:
         outcome = AttemptOutcome(spawn_error=reason, retryable=retryable)
@@ -284,6 +321,9 @@ class KubernetesExecutor:
 
     async def _relist(self, res: type[Job] | type[Pod]) -> str:
         """List and reconcile: what changed while nobody watched is applied, what vanished is DELETED."""
+        # Only what was known before listing may be taken for vanished: a Job created (or a pod read) while the
+        # list was under way is missing from it without being gone.
+        known = {k for k, a in self._attempts.items() if (a.job if res is Job else a.pod) is not None}
         listing = self._need_client().list(res, namespace="*", labels=self._selector)
         items = [o async for o in listing]
         seen = set()
@@ -295,7 +335,7 @@ class KubernetesExecutor:
             else:
                 self._on_pod("MODIFIED", obj)
         for key, att in list(self._attempts.items()):
-            if key in seen:
+            if key in seen or key not in known:
                 continue
             if res is Job and att.job is not None and not att.deleted:
                 self._on_job("DELETED", att.job)
@@ -324,6 +364,9 @@ class KubernetesExecutor:
         att.job = job
         if type_ == "DELETED":
             att.deleted = True
+        doomed = type_ == "DELETED" or (job.metadata is not None and job.metadata.deletionTimestamp is not None)
+        if doomed and not att.stopping and not att.ending and job_condition(job) is None:
+            att.taken = True  # deleted by someone else while it ran: its pod's exit (SIGTERM) is no verdict
         if not recovering:
             self._check(att)
 
@@ -334,20 +377,41 @@ class KubernetesExecutor:
             return
         att.pod, att.pod_name = pod, pod.metadata.name
         att.pod_gone = type_ == "DELETED"
-        view = container(pod)
-        since = view.running_since or view.started_at
-        if since is not None and att.started_at is None:
-            # A container seen only once it ended still started: Started comes before its Exited.
-            att.started_at = since
-            if att.created is not None:
-                POD_STARTUP.labels(self.config.pool).observe(max(0.0, time.monotonic() - att.created))
-            if not recovering:
-                self._emit(Started(att.task_id, att.attempt, since))
+        running = container(pod).exit_code is None and (att.job is None or job_condition(att.job) is None)
+        if pod.metadata.deletionTimestamp is not None and running and not att.stopping and not att.ending:
+            att.taken = True  # deleted by someone else (kubectl delete pod) while it ran
+        since = self._saw_start(att, emit=not recovering)
         if since is not None and att.logs is None and not att.pod_gone:
             self._follow_logs(att)
         self._track_unschedulable(att, pod)
         if not recovering:
             self._check(att)
+
+    def _saw_start(self, att: Attempt, *, emit: bool) -> datetime | None:
+        """When the attempt's container started, as its pod says; the first time, ``Started`` (``emit``).
+
+        A container seen only once it ended still started: its Started comes before its Exited.
+        """
+        view = container(att.pod)
+        since = view.running_since or view.started_at
+        if since is not None and att.started_at is None:
+            att.started_at = since
+            if att.created is not None:
+                POD_STARTUP.labels(self.config.pool).observe(max(0.0, time.monotonic() - att.created))
+            if emit:
+                self._emit(Started(att.task_id, att.attempt, since))
+        return since
+
+    async def _read_pod(self, att: Attempt) -> None:
+        """Read the attempt's pod once (its watch is another stream than the Job's and may lag)."""
+        with contextlib.suppress(*API_ERRORS):
+            by_job: dict[str, Any] = {"job-name": att.job_name}
+            pods = self._need_client().list(Pod, namespace=att.namespace, labels=by_job)
+            fresh = [p async for p in pods]
+            if fresh:
+                att.pod = fresh[0]
+                if att.pod_name is None and fresh[0].metadata is not None:
+                    att.pod_name = fresh[0].metadata.name
 
     def _track_unschedulable(self, att: Attempt, pod: Pod) -> None:
         if unschedulable(pod) is None:
@@ -375,10 +439,19 @@ class KubernetesExecutor:
 
     # --------------------------------------------------------------------------------------- ending
 
+    @staticmethod
+    def _outcome(att: Attempt) -> AttemptOutcome | None:
+        outcome = compute_outcome(att.job, att.pod, stopping=att.stopping, deleted=att.deleted)
+        if outcome is None or not att.taken or att.stopping or outcome.deadline_exceeded or outcome.oom_killed:
+            return outcome
+        if outcome.signal is not None or (outcome.exit_code or 0) != 0:  # a success stands, a kill is no verdict
+            return AttemptOutcome(lost="its Job or pod was deleted by someone else")
+        return outcome
+
     def _check(self, att: Attempt) -> None:
         if att.ending:
             return
-        outcome = compute_outcome(att.job, att.pod, stopping=att.stopping, deleted=att.deleted)
+        outcome = self._outcome(att)
         if outcome is not None:
             att.ending = True
             self._spawn(self._finish(att, outcome), "finish")
@@ -396,22 +469,21 @@ class KubernetesExecutor:
         stream than the Job's), so the outcome is computed again, after reading a pod that still looks stale,
         unless the executor ``decided`` it (an unschedulable timeout).
         """
-        if att.logs is None and (att.started_at or container(att.pod).started_at) is not None:
+        cond = None if att.job is None or decided else job_condition(att.job)
+        if att.pod is None and cond is not None and not att.deleted:
+            await self._read_pod(att)  # no pod event came yet: without it, no Started and no log
+        self._saw_start(att, emit=live)
+        if att.logs is None and att.started_at is not None:
             att.logs = self._logs_of(att)  # ended before a live copy began (or found ended after a restart)
         if att.logs is not None:
             pod = None if att.pod_gone else att.pod_name
             await att.logs.complete(att.namespace, pod, LOG_WAIT if live else 0.5, LOG_WAIT)
-        cond = None if att.job is None or decided else job_condition(att.job)
         stale = container(att.pod).exit_code is None and disruption(att.pod) is None
         if cond is not None and cond[1] != "DeadlineExceeded" and stale and not att.deleted:
-            with contextlib.suppress(*API_ERRORS):  # the pod watch lags the Job's: read the pod once
-                by_job: dict[str, Any] = {"job-name": att.job_name}
-                pods = self._need_client().list(Pod, namespace=att.namespace, labels=by_job)
-                fresh = [p async for p in pods]
-                if fresh:
-                    att.pod = fresh[0]
+            await self._read_pod(att)  # the pod watch lags the Job's: read the pod once
+            self._saw_start(att, emit=live)
         if not decided:
-            outcome = compute_outcome(att.job, att.pod, stopping=att.stopping, deleted=att.deleted) or outcome
+            outcome = self._outcome(att) or outcome
         view = container(att.pod)
         started = att.started_at or view.started_at
         never = started is None and att.stopping and outcome.exit_code is None and outcome.lost is None
@@ -428,7 +500,7 @@ class KubernetesExecutor:
         exited: list[Exited] = []
         queued: list[tuple[str, int]] = []  # Jobs whose container has not started, oldest first
         for key, att in sorted(self._attempts.items(), key=lambda kv: (_created(kv[1]), kv[0])):
-            outcome = compute_outcome(att.job, att.pod, stopping=False, deleted=att.deleted)
+            outcome = self._outcome(att)
             if outcome is not None:
                 att.ending = True
                 self._exits[key] = await self._ended(att, outcome, live=False)
@@ -450,7 +522,12 @@ class KubernetesExecutor:
     def _follow_logs(self, att: Attempt) -> None:
         logs = att.logs = self._logs_of(att)
         if att.pod_name is not None:
-            follows = logs.follows(att.namespace, att.pod_name, lambda: att.pod_gone, self._log_gate)
+
+            def ended() -> bool:
+                view = container(att.pod)
+                return att.ending or att.pod_gone or view.exit_code is not None or disruption(att.pod) is not None
+
+            follows = logs.follows(att.namespace, att.pod_name, lambda: att.pod_gone, self._log_gate, ended)
             logs.tasks = [self._spawn(f, "logs") for f in follows]
 
     # -------------------------------------------------------------------------------------- capacity

@@ -83,10 +83,20 @@ class LogCopier:
             with contextlib.suppress(Exception):
                 await response.aclose()
 
-    async def follow(self, namespace: str, pod: str, gone: Callable[[], bool], gate: asyncio.Semaphore) -> None:
+    async def follow(
+        self,
+        namespace: str,
+        pod: str,
+        gone: Callable[[], bool],
+        gate: asyncio.Semaphore,
+        ended: Callable[[], bool] = lambda: True,
+    ) -> None:
         """Copy with ``follow`` until the container ended, retrying broken streams; stop once the pod is gone.
 
-        ``gate`` bounds the live streams (each holds a pooled connection of the API client).
+        ``gate`` bounds the live streams (each holds a pooled connection of the API client). A stream can end
+        cleanly while its container still runs (the kubelet restarted, a proxy closed it): unless ``ended`` (the
+        container's end, as last seen) comes within ``RESUME_AFTER`` seconds, the log is followed again, the
+        bytes already copied skipped.
         """
         async with gate:
             delay = 0.2
@@ -102,6 +112,22 @@ class LogCopier:
                         return
                     await asyncio.sleep(delay)  # 400: the container is not running yet; else a broken stream
                     delay = min(delay * 2, 2.0)
+                    continue
+                if not await _settles(ended, RESUME_AFTER) and not gone():
+                    self.done = False  # the stream ended before the container: follow it again
+
+
+RESUME_AFTER = 3.0  # seconds a clean end of a followed log may precede the container's end being seen
+
+
+async def _settles(ended: Callable[[], bool], seconds: float) -> bool:
+    """Wait up to ``seconds`` for ``ended()`` (polled, no request); its last value."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not ended():
+        if asyncio.get_running_loop().time() >= deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
 
 
 class AttemptLogs:
@@ -123,10 +149,15 @@ class AttemptLogs:
         return any(c.truncated for c in self.copiers)
 
     def follows(
-        self, namespace: str, pod: str, gone: Callable[[], bool], gate: asyncio.Semaphore
+        self,
+        namespace: str,
+        pod: str,
+        gone: Callable[[], bool],
+        gate: asyncio.Semaphore,
+        ended: Callable[[], bool] = lambda: True,
     ) -> list[Coroutine[None, None, None]]:
-        """The live follows to run, one per file."""
-        return [c.follow(namespace, pod, gone, gate) for c in self.copiers]
+        """The live follows to run, one per file (``ended``: the container's end was seen)."""
+        return [c.follow(namespace, pod, gone, gate, ended) for c in self.copiers]
 
     async def complete(self, namespace: str, pod: str | None, follow_wait: float, read_wait: float) -> None:
         """Let the live follows finish (``follow_wait`` at most), then read what is still missing once.

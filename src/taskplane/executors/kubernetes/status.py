@@ -13,7 +13,8 @@ pulls, container config errors, unschedulable pods: the last only after a timeou
 | pod ``Evicted`` / ``NodeLost`` / ``DisruptionTarget``     | ``lost`` (infra)                                  |
 | Job ``Failed`` reason ``DeadlineExceeded``                | ``deadline_exceeded`` (timeout)                   |
 | waiting ``ErrImagePull``/``ImagePullBackOff``/``InvalidImageName``, | ``spawn_error``, not retryable     |
-| ``CreateContainerConfigError``/``CreateContainerError``   |                                                   |
+| ``CreateContainerConfigError``/``CreateContainerError``,  |                                                   |
+| terminated ``StartError``/``ContainerCannotRun``           |                                                   |
 | ``PodScheduled=False, Unschedulable`` past the timeout    | ``spawn_error``, retryable (decided by executor)  |
 | Job deleted by someone else                               | ``lost``                                          |
 """
@@ -39,6 +40,9 @@ SPAWN_ERRORS = frozenset(
         "ErrImageNeverPull",
     }
 )
+# A container the runtime could not start (command missing from the image, not executable): terminated with
+# exit code 128 and a zero startedAt, having run nothing. Running it again fails the same way.
+START_ERRORS = frozenset({"StartError", "ContainerCannotRun"})
 DISRUPTIONS = frozenset({"Evicted", "NodeLost", "NodeShutdown", "Shutdown", "Terminated", "UnexpectedAdmissionError"})
 _SIGNALS = {int(s) for s in signals.Signals}
 
@@ -64,7 +68,8 @@ def container(pod: Pod | None) -> ContainerView:
     state = statuses[0].state
     if state.terminated is not None:
         t = state.terminated
-        return ContainerView(None, t.exitCode, t.reason, t.startedAt, t.finishedAt, message=t.message)
+        started = None if t.reason in START_ERRORS else t.startedAt  # 1970-01-01: it never ran
+        return ContainerView(None, t.exitCode, t.reason, started, t.finishedAt, message=t.message)
     if state.running is not None:
         return ContainerView(running_since=state.running.startedAt)
     if state.waiting is not None:
@@ -132,6 +137,8 @@ def compute_outcome(job: Job | None, pod: Pod | None, *, stopping: bool, deleted
         return AttemptOutcome(lost="its Job was deleted by someone else")
     if view.reason == "OOMKilled":
         return AttemptOutcome(oom_killed=True, signal=int(signals.SIGKILL))
+    if view.reason in START_ERRORS:
+        return AttemptOutcome(spawn_error=f"{view.reason}: {view.message or ''}".rstrip(": "), retryable=False)
     if view.exit_code is not None:
         return _from_exit(view.exit_code, stopping)
     if cond is not None and cond[0] == "Complete":

@@ -43,6 +43,7 @@ class Attempt:
     started_at: datetime | None = None
     stopping: bool = False  # taskplane asked it to stop (or unqueued it)
     deleted: bool = False  # its Job is gone
+    taken: bool = False  # its Job or pod was deleted, not by taskplane, while it ran: a kill then is lost, not user
     ending: bool = False  # its Exited is being prepared or was sent
     timer: asyncio.TimerHandle | None = None  # unschedulable timeout
     logs: AttemptLogs | None = None  # its log copies, once its container started
