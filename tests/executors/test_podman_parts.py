@@ -96,7 +96,7 @@ def test_run_argv_host_access() -> None:
     assert flag_values(argv, "--pid") == ["host"]
     assert flag_values(argv, "--user") == ["1000:1000"]
     assert "--privileged" in argv and "--read-only" in argv and "--security-opt" not in argv
-    assert flag_values(argv, "-v") == ["/srv/a:/a:ro", "/srv/b:/b:rw"]
+    assert flag_values(argv, "-v") == ["/srv/a:/a:ro,bind", "/srv/b:/b:rw"]
     assert flag_values(run_argv(CONFIG, launch("true", host=HostAccess(network=True)), STATE), "--network") == []
 
 

@@ -513,3 +513,12 @@ def test_bad_image_references_are_refused(image: str) -> None:
     assert err.code in ("invalid_image", "invalid_field")
     if image:
         assert err.code == "invalid_image"
+
+
+@pytest.mark.parametrize("path", ["/srv/a:b", "/srv/a,ro", "/srv/a\nb"])
+@pytest.mark.parametrize("side", ["source", "target"])
+def test_mount_paths_cannot_carry_runtime_mount_syntax(path: str, side: str) -> None:
+    mount = {"source": "/srv/data", "target": "/data", side: path}
+    err = refusal({"image": IMAGE, "container": {"mounts": [mount]}})
+    assert err.code == "invalid_field"
+    assert err.extra["field"] == f"container.mounts[0].{side}"

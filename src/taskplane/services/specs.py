@@ -164,6 +164,8 @@ def _absolute_path(path: str, field: str) -> str:
     parts = [p for p in path.split("/") if p not in ("", ".")]
     if not path.startswith("/") or ".." in parts:
         raise InvalidRequestError(f"{field} must be an absolute path without '..'", code="invalid_field", field=field)
+    if any(c in path for c in ":,\n"):  # a container runtime's mount syntax separates fields with these
+        raise InvalidRequestError(f"{field} must not contain ':', ',' or a newline", code="invalid_field", field=field)
     return "/" + "/".join(parts)
 
 

@@ -94,7 +94,11 @@ def run_argv(config: PodmanExecutorConfig, launch: Launch, state_dir: Path) -> l
     if host.host_pid:
         argv += ["--pid", "host"]
     for mount in host.mounts:
-        argv += ["-v", f"{mount.source}:{mount.target}:{'ro' if mount.read_only else 'rw'}"]
+        # A read-only mount is not recursive (``bind``): ``ro`` on podman's default ``rbind`` leaves the mounts
+        # under the source writable (runc 1.1 has no recursive read-only), so they are not exposed at all.
+        argv += ["-v", f"{mount.source}:{mount.target}:{'ro,bind' if mount.read_only else 'rw'}"]
+    # The task's environment only: podman would add the *_proxy variables of its own (the server's) environment.
+    argv.append("--http-proxy=false")
     for key, value in launch.env.items():
         argv += ["--env", f"{key}={value}"]
     if launch.workdir is not None:

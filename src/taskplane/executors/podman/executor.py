@@ -114,6 +114,8 @@ class PodmanExecutor:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._runs: set[asyncio.Task[None]] = set()  # ``podman run`` calls in flight
         self._removing: set[tuple[str, int]] = set()  # acked, ``podman rm`` in flight
+        # acked, ``podman rm`` done at this loop time: a listing taken before then must not adopt them again
+        self._removed: dict[tuple[str, int], float] = {}
         self._stoppers: list[subprocess.Popen[bytes]] = []  # ``podman stop`` calls in flight
         self._events_proc: asyncio.subprocess.Process | None = None
         self._closed = False
@@ -138,7 +140,11 @@ class PodmanExecutor:
         self._on_events = on_events
         # Watch first, then list; an exit the stream misses while it starts up is found by a later listing.
         self._spawn(self._watch_events())
-        running, exited = await self._reconcile(initial=True)
+        try:
+            running, exited = await self._reconcile(initial=True)
+        except BaseException:
+            await self.close()  # no ``podman events`` left behind by an open that failed
+            raise
         self._spawn(self._tick())
         return Recovered(running=running, exited=exited)
 
@@ -190,16 +196,22 @@ class PodmanExecutor:
             self._attempts.pop((task_id, attempt), None)
             removing.add((task_id, attempt))
             names.append(container_name(self.config.instance, task_id, attempt))
-            shutil.rmtree(attempt_dir(self.state_dir, task_id, attempt), ignore_errors=True)
         if not names:
             return
         self._removing |= removing  # a listing meanwhile must not adopt them again
         try:
-            result = await self._cli.call("rm", "-f", "--ignore", *names)
+            result = await self._cli.call("rm", "-f", "--ignore", "-t", "0", *names)
         finally:
             self._removing -= removing
+            removed_at = asyncio.get_running_loop().time()
+            self._removed.update(dict.fromkeys(removing, removed_at))
         if not result.ok:
+            # The containers stay, and the next server reports them again: from their raw logs and OOM marks,
+            # which therefore stay too (without them the stream files would be re-split empty).
             log.warning("could not remove containers %s: %s", names, result.message())
+            return
+        for task_id, attempt in removing:
+            shutil.rmtree(attempt_dir(self.state_dir, task_id, attempt), ignore_errors=True)
 
     def capacity(self) -> NodeCapacity:
         """This machine as one node: its CPUs and memory (or the configured overrides) and ``max_tasks``."""
@@ -247,6 +259,10 @@ class PodmanExecutor:
             self._refuse(att, f"cannot make {workdir}: {exc.strerror}", retryable=True)
             return
         except UnavailableError as exc:
+            # ``podman run`` hung and was killed: it may have created, even started, the container. The attempt
+            # is reported as not started (the engine runs it again), so its container must not run on.
+            with contextlib.suppress(UnavailableError):
+                await self._cli.call("rm", "-f", "--ignore", "-t", "0", att.name)
             self._refuse(att, str(exc), retryable=True)
             return
         if self._closed:
@@ -273,6 +289,8 @@ class PodmanExecutor:
             att.starting = False
             att.known_at = asyncio.get_running_loop().time()
             await self._reconcile_logged()
+            if att.stop_grace is not None and att.exited is None and not self._closed:
+                self._stop(att, att.stop_grace)  # a stop asked for while its ``run`` was in flight
             return
         if result.returncode in (NOT_EXECUTABLE, NOT_FOUND):
             retryable = False  # the image lacks the command: running it again fails the same way
@@ -330,6 +348,7 @@ class PodmanExecutor:
                     stdout=asyncio.subprocess.PIPE,
                     stderr=asyncio.subprocess.DEVNULL,
                     limit=1 << 20,
+                    env=cli_env(),
                 )
             except OSError as exc:
                 log.warning("cannot run %s events: %s", self.config.binary, exc)
@@ -338,7 +357,10 @@ class PodmanExecutor:
                 assert proc.stdout is not None
                 try:
                     async for line in proc.stdout:
-                        self._on_event_line(line)
+                        try:
+                            self._on_event_line(line)
+                        except Exception:  # one event's trouble must not end the stream (and every exit after)
+                            log.exception("handling a podman event failed")
                         delay = 0.1
                 finally:
                     await reap(proc)
@@ -383,8 +405,12 @@ class PodmanExecutor:
         if att.splitter is None:
             self._follow(att)
         if att.splitter is not None:
-            att.splitter.close()
-            truncated = att.splitter.truncated
+            try:
+                att.splitter.close()
+                truncated = att.splitter.truncated
+            except OSError as exc:  # the exit matters more than its output (a full disk): report it anyway
+                log.warning("cannot copy the output of %s: %s", att.name, exc)
+                truncated = True
         self._release(att)
         if att.started_at is not None and at < att.started_at:
             at = att.started_at  # it ended before ``podman run`` returned: the start time we reported is later
@@ -418,12 +444,15 @@ class PodmanExecutor:
         running: list[Started] = []
         exited: list[Exited] = []
         listed_keys: set[tuple[str, int]] = set()
+        never_started: list[str] = []
+        # Removals done before this listing began are in it (or not) already: forget them.
+        self._removed = {key: at for key, at in self._removed.items() if at >= listed_at}
         for container in parse_listing(result.stdout):
             key = container.key
             listed_keys.add(key)
             att = self._attempts.get(key)
-            if (att is not None and att.starting) or key in self._removing:
-                continue  # its ``podman run`` is in flight (it reports itself), or it is being removed
+            if (att is not None and att.starting) or key in self._removing or key in self._removed:
+                continue  # its ``podman run`` is in flight (it reports itself), or it is being (or was) removed
             state = container.state
             if att is None:
                 name = container.name or container_name(self.config.instance, *key)
@@ -451,11 +480,18 @@ class PodmanExecutor:
             elif state in NEVER_STARTED:
                 if not adopted:
                     continue  # a start still under way elsewhere, or failing: its run reports it
+                # Reported as never started (the engine runs the task again): an orphaned ``podman run`` of a
+                # server that died during it must not start it later, so the container goes now.
+                never_started.append(att.name)
                 self._refuse(att, NOT_STARTED, retryable=True, emit=not initial)
             else:
                 continue
             if initial and att.exited is not None:
                 exited.append(att.exited)
+        if never_started:
+            removed = await self._cli.call("rm", "-f", "--ignore", "-t", "0", *never_started)
+            if not removed.ok:
+                log.warning("could not remove containers %s: %s", never_started, removed.message())
         if not initial:
             for key, att in list(self._attempts.items()):
                 gone = key not in listed_keys and key not in self._removing and att.known_at < listed_at
@@ -557,7 +593,10 @@ class PodmanExecutor:
             att.oom.close()
             att.oom = None
         if att.splitter is not None and att.exited is None:
-            att.splitter.close()
+            try:
+                att.splitter.close()
+            except OSError as exc:
+                log.warning("cannot copy the output of %s: %s", att.name, exc)
         att.splitter = None
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:

@@ -56,18 +56,20 @@ class LogSplitter:
         self._read_all()
 
     def close(self) -> None:
-        """A last ``poll``, then release every descriptor."""
-        self.poll()
-        if self._pending:
-            self._line(self._pending)  # conmon is gone: an unterminated record is all there will be
-            self._pending = b""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        for fd in self._outs.values():
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self._outs = {}
+        """A last ``poll``, then release every descriptor (also when that poll fails: ``OSError`` is raised after)."""
+        try:
+            self.poll()
+            if self._pending:
+                self._line(self._pending)  # conmon is gone: an unterminated record is all there will be
+                self._pending = b""
+        finally:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            for fd in self._outs.values():
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._outs = {}
 
     def _read_all(self) -> None:
         assert self._fd is not None

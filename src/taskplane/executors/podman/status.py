@@ -74,8 +74,11 @@ def parse_died(line: bytes) -> Died | None:
     try:
         event = orjson.loads(line)
         key = _key(event.get("Attributes"))
-        code = int(event["ContainerExitCode"])
+        # podman leaves ``ContainerExitCode`` out of a died event when it is 0 (``omitempty``).
+        code = int(event.get("ContainerExitCode") or 0)
     except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if event.get("Status", "died") != "died":
         return None
     if key is None:
         return None
