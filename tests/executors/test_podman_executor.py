@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from taskplane.domain.outcome import classify
-from taskplane.domain.task import FailureClass, HostAccess
+from taskplane.domain.task import FailureClass, HostAccess, Mount
 from taskplane.errors import UnavailableError
 from taskplane.executors.podman import PodmanExecutor, PodmanExecutorConfig
 from taskplane.services.ports import LogStream
@@ -152,6 +152,20 @@ async def test_missing_image_is_a_non_retryable_spawn_error(config: PodmanExecut
     assert ended.outcome.spawn_error is not None and "taskplane-no-such-image" in ended.outcome.spawn_error
     assert ended.outcome.retryable is False
     assert classify(ended.outcome) is FailureClass.INFRA
+
+
+async def test_a_missing_mount_source_is_a_non_retryable_spawn_error(
+    config: PodmanExecutorConfig, podman_image: str, tmp_path: Path
+) -> None:
+    missing = str(tmp_path / "not-there")
+    host = HostAccess(mounts=(Mount(missing, "/data"),))
+    async with running(config) as (executor, events):
+        await executor.start([container_launch(podman_image, "nomount", "true", host=host)])
+        [ended] = await events.exits("nomount", timeout=TIMEOUT)
+    assert ("nomount", 1) not in events.started
+    assert ended.outcome.spawn_error is not None and missing in ended.outcome.spawn_error
+    assert ended.outcome.retryable is False
+    assert containers_of(config.instance) == []
 
 
 async def test_missing_command_is_a_non_retryable_spawn_error(

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import shutil
 import subprocess
 from collections.abc import Callable, Coroutine, Sequence
@@ -292,8 +293,13 @@ class PodmanExecutor:
             if att.stop_grace is not None and att.exited is None and not self._closed:
                 self._stop(att, att.stop_grace)  # a stop asked for while its ``run`` was in flight
             return
+        sources = [m.source for m in launch.host.mounts]
+        missing = await asyncio.to_thread(lambda: [path for path in sources if not os.path.exists(path)])
         if result.returncode in (NOT_EXECUTABLE, NOT_FOUND):
             retryable = False  # the image lacks the command: running it again fails the same way
+        elif missing:  # a host path that is not there fails every run the same way
+            self._refuse(att, f"mount source {missing[0]} does not exist: {result.message()}", retryable=False)
+            return
         else:
             image = await self._cli.call("image", "exists", launch.image or "")
             retryable = image.ok or self.config.pull != "never"
