@@ -8,6 +8,7 @@ the watch, the log copy, and back.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,6 +50,10 @@ def test_a_task_runs_as_a_job_and_its_logs_come_back(kube_server: ServerProcess,
         logs = client.get(f"/platform/tasks/{task['id']}/logs")
         assert logs.status_code == 200
         assert logs.text == "hello from the pod\n"
+        metrics = client.get("/metrics")
+        assert metrics.status_code == 200
+        counted = re.search(r'^taskplane_pod_startup_seconds_count\{pool="k8s"\} (\S+)$', metrics.text, re.M)
+        assert counted is not None and float(counted.group(1)) >= 1  # this pod's startup, served by /metrics
     jobs = api_double.call(lambda: api_double.double.objects("jobs"))
     names = {j["metadata"]["name"] for j in jobs}
     assert f"tp-{task['id']}-1" not in names  # acked: deleted
