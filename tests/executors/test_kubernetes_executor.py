@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -18,22 +17,10 @@ from taskplane.executors.kubernetes import KubernetesExecutor
 from taskplane.executors.kubernetes.names import job_name
 from taskplane.executors.kubernetes.rbac import REQUIRED_RBAC
 from taskplane.services.ports import LogStream, NodeResized
-from tests.support.kubeapi import WRITE_METHODS, KubeApiDouble
+from tests.support.kubeapi import WRITE_METHODS
 from tests.support.kubeapi.harness import INSTANCE, KubeHarness, KubeRecorder, kube_config, kube_launch
 
 NS = "tp-acme"
-
-
-@pytest.fixture
-async def kube(tmp_path: Path) -> AsyncIterator[KubeHarness]:
-    double = KubeApiDouble()
-    double.bind()
-    double.cluster.add_node("node-a", cpu="4", memory="8Gi", labels={"pool": "k8s"})
-    h = KubeHarness(double, tmp_path / "logs")
-    try:
-        yield h
-    finally:
-        await h.teardown()
 
 
 # ------------------------------------------------------------------------------------------- shape

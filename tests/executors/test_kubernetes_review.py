@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx2
@@ -22,18 +21,6 @@ from tests.support.kubeapi.transport import StreamingASGITransport
 NS = "tp-acme"
 JOBS = "/apis/batch/v1/jobs"
 PODS = "/api/v1/pods"
-
-
-@pytest.fixture
-async def kube(tmp_path: Path) -> AsyncIterator[KubeHarness]:
-    double = KubeApiDouble()
-    double.bind()
-    double.cluster.add_node("node-a", cpu="4", memory="8Gi", labels={"pool": "k8s"})
-    h = KubeHarness(double, tmp_path / "logs")
-    try:
-        yield h
-    finally:
-        await h.teardown()
 
 
 class WatchGate:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ from taskplane.errors import UnavailableError
 from taskplane.executors.podman import PodmanExecutor, PodmanExecutorConfig
 from taskplane.services.ports import LogStream
 from tests.executors.local_helpers import Recorder
+from tests.executors.podman_helpers import TIMEOUT, running
 from tests.support.images import (
     RUN_ARGS,
     container_launch,
@@ -26,26 +25,6 @@ from tests.support.images import (
 )
 
 pytestmark = pytest.mark.timeout(120)
-
-TIMEOUT = 30.0
-
-
-@contextlib.asynccontextmanager
-async def running(config: PodmanExecutorConfig) -> AsyncIterator[tuple[PodmanExecutor, Recorder]]:
-    """An open executor; on the way out every exit it saw is acked (removing the containers) and it is closed.
-
-    What ``open`` recovered is recorded as if it had arrived as events: a test of a restart then need not care
-    whether an attempt ended before or after the new executor opened.
-    """
-    executor = PodmanExecutor(config)
-    events = Recorder()
-    recovered = await executor.open(1, events)
-    events([*recovered.running, *recovered.exited])
-    try:
-        yield executor, events
-        await executor.ack(list(events.exited))
-    finally:
-        await executor.close()
 
 
 @pytest.fixture

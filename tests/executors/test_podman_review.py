@@ -8,7 +8,7 @@ import os
 import stat
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,25 +21,10 @@ from taskplane.errors import UnavailableError
 from taskplane.executors.podman import PodmanExecutor, PodmanExecutorConfig
 from taskplane.services.ports import Exited, LogStream
 from tests.executors.local_helpers import Recorder
+from tests.executors.podman_helpers import TIMEOUT, running
 from tests.support.images import RUN_ARGS, container_launch, containers_of, podman, podman_config
 
 pytestmark = pytest.mark.timeout(120)
-
-TIMEOUT = 30.0
-
-
-@contextlib.asynccontextmanager
-async def running(config: PodmanExecutorConfig) -> AsyncIterator[tuple[PodmanExecutor, Recorder]]:
-    """An open executor whose recovered attempts are recorded as events; every exit seen is acked on the way out."""
-    executor = PodmanExecutor(config)
-    events = Recorder()
-    recovered = await executor.open(1, events)
-    events([*recovered.running, *recovered.exited])
-    try:
-        yield executor, events
-        await executor.ack(list(events.exited))
-    finally:
-        await executor.close()
 
 
 @pytest.fixture
