@@ -37,6 +37,7 @@ from taskplane.executors.kubernetes.metrics import POD_STARTUP
 from taskplane.executors.kubernetes.status import compute_outcome, container, disruption, job_condition, unschedulable
 from taskplane.executors.kubernetes.tenancy import Tenancy
 from taskplane.executors.kubernetes.tracking import Attempt, AttemptKey, key_of_job
+from taskplane.executors.outbox import EventOutbox
 from taskplane.services.ports import (
     ExecutorEvent,
     Exited,
@@ -97,9 +98,7 @@ class KubernetesExecutor:
         self._creating: set[AttemptKey] = set()  # in ``_create``, before their Job is known to exist
         self._early_stops: set[AttemptKey] = set()  # stopped while being created (before their Attempt existed)
         self._total = Resources()
-        self._on_events: Callable[[list[ExecutorEvent]], None] | None = None
-        self._outbox: list[ExecutorEvent] = []
-        self._flush_handle: asyncio.Handle | None = None
+        self._outbox = EventOutbox()
         self._tasks: set[asyncio.Task[None]] = set()
         self._log_gate = asyncio.Semaphore(LOG_FOLLOWERS)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -113,7 +112,7 @@ class KubernetesExecutor:
         ``epoch`` is not used: the API server is the single source of truth and Jobs are idempotent by name.
         """
         self._loop = asyncio.get_running_loop()
-        self._on_events = on_events
+        self._outbox.open(self._loop, on_events)
         client = self._client = self._client or connect(self.config.kubeconfig, self.config.context)
         try:
             await self._refresh_capacity()
@@ -203,6 +202,7 @@ class KubernetesExecutor:
         if self._closed:
             return
         self._closed = True
+        self._outbox.close()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -210,8 +210,6 @@ class KubernetesExecutor:
                 await task
         for att in self._attempts.values():
             att.cancel_timer()
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
         if self._own_client and self._client is not None:
             await self._client.close()
 
@@ -569,16 +567,4 @@ class KubernetesExecutor:
         return task
 
     def _emit(self, event: ExecutorEvent) -> None:
-        self._outbox.append(event)
-        if self._flush_handle is None and self._loop is not None:
-            self._flush_handle = self._loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_handle = None
-        events, self._outbox = self._outbox, []
-        if not events or self._closed or self._on_events is None:
-            return
-        try:
-            self._on_events(events)
-        except Exception:  # the consumer's bug must not stop the watches
-            log.exception("on_events failed")
+        self._outbox.emit(event)

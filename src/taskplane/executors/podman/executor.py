@@ -27,6 +27,7 @@ from taskplane.domain.resources import Resources
 from taskplane.errors import InternalError, UnavailableError
 from taskplane.executors.local.capacity import detect_memory, detect_millicpu
 from taskplane.executors.local.layout import log_file
+from taskplane.executors.outbox import EventOutbox
 from taskplane.executors.podman.command import (
     LABEL_INSTANCE,
     CallResult,
@@ -108,10 +109,8 @@ class PodmanExecutor:
             labels=dict(config.labels),
         )
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._on_events: Callable[[list[ExecutorEvent]], None] | None = None
         self._attempts: dict[tuple[str, int], _Attempt] = {}
-        self._outbox: list[ExecutorEvent] = []
-        self._flush_handle: asyncio.Handle | None = None
+        self._outbox = EventOutbox()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._runs: set[asyncio.Task[None]] = set()  # ``podman run`` calls in flight
         self._removing: set[tuple[str, int]] = set()  # acked, ``podman rm`` in flight
@@ -138,7 +137,7 @@ class PodmanExecutor:
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.config.logs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._loop = asyncio.get_running_loop()
-        self._on_events = on_events
+        self._outbox.open(self._loop, on_events)
         # Watch first, then list; an exit the stream misses while it starts up is found by a later listing.
         self._spawn(self._watch_events())
         try:
@@ -232,9 +231,7 @@ class PodmanExecutor:
             # A ``podman run`` killed halfway would leave a container that never started: let them finish.
             await asyncio.wait(list(self._runs), timeout=self.config.call_timeout)
         self._closed = True
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
+        self._outbox.close()
         if self._events_proc is not None and self._events_proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self._events_proc.kill()
@@ -616,20 +613,7 @@ class PodmanExecutor:
             log.error("podman executor task failed", exc_info=task.exception())
 
     def _emit(self, event: ExecutorEvent) -> None:
-        # Batched and delivered from the loop, after the call that caused them (as every executor does).
-        self._outbox.append(event)
-        if self._flush_handle is None and self._loop is not None and not self._closed:
-            self._flush_handle = self._loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_handle = None
-        events, self._outbox = self._outbox, []
-        if not events or self._closed or self._on_events is None:
-            return
-        try:
-            self._on_events(events)
-        except Exception:  # the consumer's bug must not stop the watchers
-            log.exception("on_events failed")
+        self._outbox.emit(event)
 
     def _check_open(self) -> None:
         if self._loop is None:

@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 
 from taskplane.domain.outcome import AttemptOutcome
 from taskplane.errors import InternalError, InvalidRequestError, UnavailableError
+from taskplane.executors.outbox import EventOutbox
 from taskplane.executors.simulated.cluster import SimCluster, SimEnded, SimNode, SimRefusedError
 from taskplane.services.ports import ExecutorEvent, Exited, Launch, NodeCapacity, Recovered, Started
 
@@ -70,13 +71,11 @@ class SimulatedExecutor:
             NodeCapacity(n.name, n.total, n.max_tasks, CGROUPS, labels=dict(n.labels)) for n in config.nodes
         ]
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._on_events: Callable[[list[ExecutorEvent]], None] | None = None
         self._origin = 0.0  # loop.time() at virtual time 0
         self._wall_origin = 0.0  # wall time at virtual time 0
         self._attempts: dict[str, tuple[str, int, float]] = {}  # running key -> (task_id, attempt, real start)
         self._exits: dict[tuple[str, int], Exited] = {}  # ended, not acked yet: a repeated start is a no-op
-        self._outbox: list[ExecutorEvent] = []
-        self._flush_handle: asyncio.Handle | None = None
+        self._outbox = EventOutbox()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf  # the virtual time the timer is set for
         self._closed = False
@@ -91,7 +90,7 @@ class SimulatedExecutor:
         if self._loop is not None:
             raise InternalError("SimulatedExecutor.open called twice")
         self._loop = asyncio.get_running_loop()
-        self._on_events = on_events
+        self._outbox.open(self._loop, on_events)
         self._origin = self._loop.time()
         self._wall_origin = self._wall()
         return Recovered(running=[], exited=[])
@@ -147,12 +146,10 @@ class SimulatedExecutor:
     async def close(self) -> None:
         """Stop the clock and deliver nothing more. Running attempts vanish with the process's memory."""
         self._closed = True
+        self._outbox.close()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
 
     # ------------------------------------------------------------------------------------- virtual time
 
@@ -204,21 +201,8 @@ class SimulatedExecutor:
         self._emit(exited)
 
     def _emit(self, event: ExecutorEvent) -> None:
-        # Batched and delivered from the loop, never from inside ``start``/``stop``: the consumer sees events
-        # arrive the way a real executor's do, after the call that caused them.
-        self._outbox.append(event)
-        if self._flush_handle is None and self._loop is not None:
-            self._flush_handle = self._loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_handle = None
-        events, self._outbox = self._outbox, []
-        if not events or self._closed or self._on_events is None:
-            return
-        try:
-            self._on_events(events)
-        except Exception:  # the consumer's bug must not stop the clock
-            log.exception("on_events failed")
+        # Batched and delivered from the loop, never from inside ``start``/``stop`` (``EventOutbox``).
+        self._outbox.emit(event)
 
     def _rearm(self) -> None:
         """Keep one timer set for the cluster's next end."""
