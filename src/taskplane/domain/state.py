@@ -12,10 +12,12 @@ Keys are UTF-8 paths per tenant; ``/`` is allowed, empty, ``.`` and ``..`` segme
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+from taskplane.errors import NotFoundError
 
 MAX_KEY_BYTES = 512
 DEFAULT_MAX_VALUE_BYTES = 1 << 20
@@ -219,3 +221,54 @@ class KVPage:
 def ops_of(txn: Txn) -> Mapping[str, int]:
     """Counts of ops per branch (for limits)."""
     return {"compares": len(txn.compares), "success": len(txn.success), "failure": len(txn.failure)}
+
+
+def apply_ops(
+    ops: Sequence[Op],
+    initial: Mapping[str, KeyValue | None],
+    new_revision: int,
+    value_of: Callable[[int], Any],
+    lease_live: Callable[[int], bool],
+    under: Callable[[str], Mapping[str, KeyValue]],
+) -> tuple[tuple[OpResult, ...], dict[str, KeyValue | None]]:
+    """Apply one branch's ops in order to an overlay of the touched keys; (every op's result, what changed).
+
+    ``initial`` holds every key the ops name (``None``: absent); ``value_of(i)`` is the value of put ``i``;
+    ``lease_live(id)`` says whether a put may attach that lease (else ``NotFoundError`` ``lease_not_found``);
+    ``under(prefix)`` gives the live entries under a ``delete_prefix``. A get sees the branch's own earlier
+    writes, and every put gets ``new_revision``. The changes are the keys whose entry differs from ``initial``
+    at the end (the new entry, or ``None``: deleted), in key order: a key created and deleted again is not one.
+    """
+    start: dict[str, KeyValue | None] = dict(initial)
+    current = dict(start)
+    out: list[OpResult] = []
+    for i, op in enumerate(ops):
+        if op.kind is OpKind.GET:
+            out.append(OpResult(OpKind.GET, op.key, kv=current[op.key]))
+        elif op.kind is OpKind.PUT:
+            if op.lease is not None and not lease_live(op.lease):
+                raise NotFoundError(f"lease {op.lease} not found", code="lease_not_found")
+            prev = current[op.key]
+            entry = KeyValue(
+                key=op.key,
+                value=value_of(i),
+                create_revision=new_revision if prev is None else prev.create_revision,
+                mod_revision=new_revision,
+                version=1 if prev is None else prev.version + 1,
+                lease=op.lease,
+            )
+            current[op.key] = entry
+            out.append(OpResult(OpKind.PUT, op.key, kv=entry, prev=prev))
+        elif op.kind is OpKind.DELETE:
+            prev = current[op.key]
+            current[op.key] = None
+            out.append(OpResult(OpKind.DELETE, op.key, prev=prev, deleted=0 if prev is None else 1))
+        else:
+            for key, stored in under(op.key).items():
+                if key not in start:
+                    start[key] = current[key] = stored
+            doomed = [k for k, v in current.items() if v is not None and k.startswith(op.key)]
+            for key in doomed:
+                current[key] = None
+            out.append(OpResult(OpKind.DELETE_PREFIX, op.key, deleted=len(doomed)))
+    return tuple(out), {k: current[k] for k in sorted(k for k, v in current.items() if v != start[k])}

@@ -31,6 +31,7 @@ import hashlib
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -52,6 +53,7 @@ from taskplane.domain.state import (
     OpResult,
     Txn,
     TxnResult,
+    apply_ops,
     evaluate,
 )
 from taskplane.errors import CompactedError, InvalidRequestError, NotFoundError, UnavailableError
@@ -463,50 +465,26 @@ class RedisKVStore:
                     succeeded, revision, tuple(OpResult(OpKind.GET, o.key, kv=found.get(o.key)) for o in ops)
                 )
             new_revision = revision + due + 1
-            initial: dict[str, KeyValue | None] = {k: found.get(k) for k in single}
-            current = dict(initial)
-            out: list[OpResult] = []
-            for i, op in enumerate(ops):
-                if op.kind is OpKind.GET:
-                    out.append(OpResult(OpKind.GET, op.key, kv=current[op.key]))
-                elif op.kind is OpKind.PUT:
-                    if op.lease is not None and op.lease not in live_leases:
-                        raise NotFoundError(f"lease {op.lease} not found", code="lease_not_found")
-                    prev = current[op.key]
-                    entry = KeyValue(
-                        key=op.key,
-                        value=orjson.loads(encoded[(succeeded, i)]),
-                        create_revision=new_revision if prev is None else prev.create_revision,
-                        mod_revision=new_revision,
-                        version=1 if prev is None else prev.version + 1,
-                        lease=op.lease,
-                    )
-                    current[op.key] = entry
-                    out.append(OpResult(OpKind.PUT, op.key, kv=entry, prev=prev))
-                elif op.kind is OpKind.DELETE:
-                    prev = current[op.key]
-                    current[op.key] = None
-                    out.append(OpResult(OpKind.DELETE, op.key, prev=prev, deleted=0 if prev is None else 1))
-                else:
-                    for key, stored in under.items():
-                        if key.startswith(op.key) and key not in initial:
-                            initial[key] = current[key] = stored
-                    doomed = [k for k, v in current.items() if v is not None and k.startswith(op.key)]
-                    for key in doomed:
-                        current[key] = None
-                    out.append(OpResult(OpKind.DELETE_PREFIX, op.key, deleted=len(doomed)))
-            changed = sorted(k for k, v in current.items() if v != initial[k])
+            out, changes = apply_ops(
+                ops,
+                {k: found.get(k) for k in single},
+                new_revision,
+                partial(_put_value, encoded, succeeded),
+                live_leases.__contains__,
+                partial(_under, under),
+            )
+            changed = list(changes)
             if not changed and due == 0:
-                return TxnResult(succeeded, revision, tuple(out))
+                return TxnResult(succeeded, revision, out)
             args: list[Any] = []
             for key in changed:
-                args += _change_args(key, current[key], new_revision)
+                args += _change_args(key, changes[key], new_revision)
             after = int(
                 await self._run(_S_COMMIT, tenant, seq, now_us, new_revision, len(changed), INLINE_EXPIRY_LIMIT, *args)
             )
             if after < 0:
                 continue  # the tenant changed since SNAP: read again
-            result = TxnResult(succeeded, after, tuple(out))
+            result = TxnResult(succeeded, after, out)
             if changed:
                 await self._record(audit)
             return result
@@ -751,3 +729,13 @@ if TYPE_CHECKING:
 
     def _implements_the_port(store: RedisKVStore) -> KVStore:
         return store
+
+
+def _put_value(encoded: dict[tuple[bool, int], str], succeeded: bool, index: int) -> Any:
+    """The value of put ``index`` of the branch that runs."""
+    return orjson.loads(encoded[(succeeded, index)])
+
+
+def _under(snapshot: dict[str, KeyValue], prefix: str) -> dict[str, KeyValue]:
+    """The snapshot's entries under ``prefix``."""
+    return {k: v for k, v in snapshot.items() if k.startswith(prefix)}

@@ -65,6 +65,7 @@ from taskplane.domain.state import (
     OpResult,
     Txn,
     TxnResult,
+    apply_ops,
     evaluate,
 )
 from taskplane.errors import (
@@ -334,46 +335,19 @@ class SqlKVStore:
         # Expiries due at `now` get their revisions before this change: no revision from here on holds them.
         revision, _ = self._expire(conn, now, revision, INLINE_EXPIRY_LIMIT)
         new_revision = revision + 1
-        initial: dict[str, KeyValue | None] = {k: found.get(k) for k in single}
-        current = dict(initial)
         leases: dict[int, bool] = {}
-        out: list[OpResult] = []
-        for i, op in enumerate(ops):
-            if op.kind is OpKind.GET:
-                out.append(OpResult(OpKind.GET, op.key, kv=current[op.key]))
-            elif op.kind is OpKind.PUT:
-                if op.lease is not None and not self._lease_usable(conn, tenant, op.lease, now, leases):
-                    raise NotFoundError(f"lease {op.lease} not found", code="lease_not_found")
-                prev = current[op.key]
-                entry = KeyValue(
-                    key=op.key,
-                    value=orjson.loads(checked.encoded[(succeeded, i)]),
-                    create_revision=new_revision if prev is None else prev.create_revision,
-                    mod_revision=new_revision,
-                    version=1 if prev is None else prev.version + 1,
-                    lease=op.lease,
-                )
-                current[op.key] = entry
-                out.append(OpResult(OpKind.PUT, op.key, kv=entry, prev=prev))
-            elif op.kind is OpKind.DELETE:
-                prev = current[op.key]
-                current[op.key] = None
-                out.append(OpResult(OpKind.DELETE, op.key, prev=prev, deleted=0 if prev is None else 1))
-            else:
-                stored = self._fetch_prefix(conn, tenant, op.key, now)
-                for key, entry_ in stored.items():
-                    if key not in initial:
-                        initial[key] = current[key] = entry_
-                doomed = [k for k, v in current.items() if v is not None and k.startswith(op.key)]
-                for key in doomed:
-                    current[key] = None
-                out.append(OpResult(OpKind.DELETE_PREFIX, op.key, deleted=len(doomed)))
-
-        changed = sorted(k for k, v in current.items() if v != initial[k])
-        if not changed:
-            return TxnResult(succeeded, revision, tuple(out))
-        self._commit_changes(conn, tenant, new_revision, {k: current[k] for k in changed}, cause="")
-        return TxnResult(succeeded, new_revision, tuple(out))
+        results, changes = apply_ops(
+            ops,
+            {k: found.get(k) for k in single},
+            new_revision,
+            lambda i: orjson.loads(checked.encoded[(succeeded, i)]),
+            lambda lease: self._lease_usable(conn, tenant, lease, now, leases),
+            lambda prefix: self._fetch_prefix(conn, tenant, prefix, now),
+        )
+        if not changes:
+            return TxnResult(succeeded, revision, results)
+        self._commit_changes(conn, tenant, new_revision, changes, cause="")
+        return TxnResult(succeeded, new_revision, results)
 
     def _commit_changes(
         self, conn: Connection, tenant: str, revision: int, changes: dict[str, KeyValue | None], cause: str
