@@ -40,27 +40,10 @@ TENANT = "contract"
 
 
 def _launcher(image: str) -> Callable[..., Launch]:
-    def launch(
-        task_id: str,
-        script: str,
-        *,
-        attempt: int = 1,
-        env: dict[str, str] | None = None,
-        memory: int = 0,
-        millicpu: int = 0,
-        run_timeout: float | None = None,
-    ) -> Launch:
-        return kube_launch(
-            task_id,
-            script,
-            attempt=attempt,
-            env=env,
-            memory=memory,
-            millicpu=millicpu,
-            run_timeout=run_timeout,
-            tenant=TENANT,
-            image=image,
-        )
+    """The contract suite's ``launch(task_id, script, ...)``: ``sh -c script`` in ``image``, in tenant ``contract``."""
+
+    def launch(task_id: str, script: str, **kwargs: Any) -> Launch:
+        return kube_launch(task_id, script, tenant=TENANT, image=image, **kwargs)
 
     return launch
 
